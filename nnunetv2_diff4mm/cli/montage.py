@@ -1,0 +1,47 @@
+"""``diff4mm_montage``: PNG of one case's phases side by side (axial and coronal, same physical slice)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, find_cases, load_case
+
+from ..visualization import montage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diff4mm_montage",
+        description="Draw the phases of one input case side by side at the same physical slice (through the "
+                    "largest tumor, else the liver), with liver (green) and tumor (red) contours of the label, "
+                    "in the abdominal window L50/W400. Phases are not registered for display, so breathing "
+                    "misalignment shows.")
+    parser.add_argument("case_dir", metavar="CASE_DIR", help="one case folder of the multi-phase input layout")
+    parser.add_argument("-o", "--output", required=True, metavar="PNG", help="PNG file to write")
+    parser.add_argument("--phases", nargs="+", default=list(DEFAULT_PHASES), metavar="PHASE",
+                        help=f"phases to show, in order (default: {' '.join(DEFAULT_PHASES)})")
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE,
+                        help=f"phase whose grid is used for display (default: {DEFAULT_REFERENCE})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    case_dir = Path(args.case_dir)
+    try:
+        matches = [c for c in find_cases(case_dir.parent, args.phases, args.reference) if c.name == case_dir.name]
+        if not matches:
+            raise InputError(f"{case_dir}: not a case folder")
+        images, label = load_case(matches[0])
+    except InputError as err:
+        print(f"diff4mm_montage: error: {err}", file=sys.stderr)
+        return 1
+    out = montage(images, label, args.output, title=case_dir.name, reference=args.reference)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

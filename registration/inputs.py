@@ -1,0 +1,422 @@
+"""Reading and validating the multi-phase input layout that users bring.
+
+Layout (phase names and the reference phase are options)::
+
+    INPUT/
+      case_001/
+        NC.nii.gz  AP.nii.gz  PVP.nii.gz  DELAY.nii.gz   # any SimpleITK-readable file, or a DICOM folder AP/
+        label.nii.gz          # optional, on the reference phase's grid: 0 background, 1 liver, 2 tumor
+        AP_liver.nii.gz       # optional per-phase binary liver mask, on that phase's grid
+      case_002/ ...
+
+Every later stage calls :func:`validate_dataset` first so that bad inputs fail fast, with one message that names
+the case, the file and the problem, before anything is written. A case without a label is a test case.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+DEFAULT_PHASES: tuple[str, ...] = ("NC", "AP", "PVP", "DELAY")
+DEFAULT_REFERENCE = "PVP"
+LABEL_STEM = "label"
+LIVER_MASK_SUFFIX = "_liver"
+# Accepted file extensions, in the order they are named in messages.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+# Folders of INPUT that are not cases: the phantom writes its evaluation ground truth here.
+NON_CASE_FOLDERS = frozenset({"ground_truth"})
+LABEL_VALUES = (0, 1, 2)
+MASK_VALUES = (0, 1)
+# Grid tolerances: spacing relative, origin in mm, direction cosines absolute.
+SPACING_RTOL = 1e-3
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-3
+
+
+class InputError(ValueError):
+    """A problem with the user's input data. The message is one line naming the case, the file and the fix."""
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case folder (paths are not checked for content; see :func:`validate_case`)."""
+
+    name: str
+    directory: Path
+    phases: dict[str, Path]  # phase -> image file or DICOM folder, in phase order
+    label: Path | None = None
+    liver_masks: dict[str, Path] = field(default_factory=dict)  # phase -> optional binary liver mask
+
+    @property
+    def is_labelled(self) -> bool:
+        """True for a training case (has a label), False for a test case."""
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class _Header:
+    """Geometry of an image as read from its header (or from the full image for DICOM folders)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+# --------------------------------------------------------------------------------------------------- finding
+
+
+def _display(path: Path, root: Path) -> str:
+    """Path relative to the INPUT dir for messages (folders get a trailing '/')."""
+    try:
+        text = path.relative_to(root).as_posix()
+    except ValueError:
+        text = str(path)
+    return text + "/" if path.is_dir() else text
+
+
+def _find_entry(case_dir: Path, stem: str, root: Path) -> Path | None:
+    """The file ``stem.<ext>`` or DICOM folder ``stem/`` in ``case_dir``; None if absent, InputError if several."""
+    found = [case_dir / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS if (case_dir / f"{stem}{ext}").is_file()]
+    if (case_dir / stem).is_dir():
+        found.append(case_dir / stem)
+    if len(found) > 1:
+        names = " and ".join(_display(p, root) for p in found)
+        both = "both" if len(found) == 2 else "all"
+        raise InputError(f"{case_dir.name}: ambiguous {stem}: {names} {both} exist; keep exactly one of them")
+    return found[0] if found else None
+
+
+def _missing_phase_message(case_dir: Path, phase: str) -> str:
+    others = ", ".join(IMAGE_EXTENSIONS[1:])
+    msg = (
+        f"{case_dir.name}: missing phase {phase}: expected {phase}{IMAGE_EXTENSIONS[0]} (or {others}) "
+        f"or a DICOM folder {phase}/"
+    )
+    wanted = {f"{phase}{ext}".lower() for ext in IMAGE_EXTENSIONS} | {phase.lower()}
+    near = sorted(p.name for p in case_dir.iterdir() if p.name.lower() in wanted)
+    if near:
+        msg += f"; found {', '.join(near)} (names are case-sensitive)"
+    return msg
+
+
+def _check_phase_options(phases: Sequence[str], reference: str) -> None:
+    if not phases:
+        raise InputError("no phases given; pass at least one phase name, e.g. NC AP PVP DELAY")
+    duplicates = sorted({p for p in phases if list(phases).count(p) > 1})
+    if duplicates:
+        raise InputError(f"phase names given more than once: {', '.join(duplicates)}; list each phase once")
+    for p in phases:
+        if not p or "/" in p or p.startswith(".") or p == LABEL_STEM or p.endswith(LIVER_MASK_SUFFIX):
+            raise InputError(
+                f"invalid phase name {p!r}: must be a plain file stem, not '{LABEL_STEM}', "
+                f"not ending in '{LIVER_MASK_SUFFIX}'"
+            )
+    if reference not in phases:
+        raise InputError(
+            f"reference phase {reference} is not one of the phases {', '.join(phases)}; choose one of them"
+        )
+
+
+def find_cases(
+    input_dir: str | Path,
+    phases: Sequence[str] = DEFAULT_PHASES,
+    reference: str = DEFAULT_REFERENCE,
+) -> list[CaseFiles]:
+    """List the cases in ``input_dir`` (sorted by name) and locate their phase, label and liver-mask files.
+
+    Every sub-folder is a case except hidden ones and ``ground_truth``; files other than phases, label and
+    liver masks are ignored. Only names are checked here (missing or ambiguous files); contents are checked by
+    :func:`validate_case`.
+    """
+    root = Path(input_dir)
+    phases = tuple(phases)
+    _check_phase_options(phases, reference)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise InputError(f"{root}: input folder {what}; pass the folder that holds one sub-folder per case")
+    case_dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in NON_CASE_FOLDERS),
+        key=lambda p: p.name,
+    )
+    if not case_dirs:
+        raise InputError(
+            f"{root}: no case folders found; expected one sub-folder per case, e.g. "
+            f"{root / 'case_001' / (reference + IMAGE_EXTENSIONS[0])}"
+        )
+    cases = []
+    for case_dir in case_dirs:
+        phase_paths: dict[str, Path] = {}
+        masks: dict[str, Path] = {}
+        for phase in phases:
+            path = _find_entry(case_dir, phase, root)
+            if path is None:
+                raise InputError(_missing_phase_message(case_dir, phase))
+            phase_paths[phase] = path
+            mask = _find_entry(case_dir, phase + LIVER_MASK_SUFFIX, root)
+            if mask is not None:
+                masks[phase] = mask
+        label = _find_entry(case_dir, LABEL_STEM, root)
+        cases.append(CaseFiles(case_dir.name, case_dir, phase_paths, label, masks))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _first_line(err: BaseException) -> str:
+    """The reason in an ITK exception, whose text otherwise spans lines with C++ source locations."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:  # e.g. "sitk::ERROR: Unable to determine ImageIO reader for ..."
+        if "ERROR:" in ln:
+            return ln.split("ERROR:", 1)[1].strip()
+    reasons = [ln for ln in lines if not ln.startswith("Exception thrown")]
+    return reasons[0] if reasons else (lines[0] if lines else type(err).__name__)
+
+
+def _dicom_files(folder: Path, name: str) -> list[str]:
+    """File names of the single DICOM series in ``folder``, in slice order (InputError if none or several)."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{name}: folder contains no DICOM series; put the phase's .dcm slices in it")
+    if len(series) > 1:
+        raise InputError(
+            f"{name}: folder contains {len(series)} DICOM series ({', '.join(series)}); keep one series per phase folder"
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def read_image(path: str | Path, *, name: str | None = None) -> sitk.Image:
+    """Read an image file or a DICOM series folder.
+
+    ``name`` is how the file is called in error messages (default: its last two path parts, e.g.
+    ``case_001/AP.nii.gz``). ITK's RuntimeErrors become one-line InputErrors.
+    """
+    path = Path(path)
+    name = name if name is not None else _display(path, path.parent.parent)
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(_dicom_files(path, name))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise InputError(f"{name}: cannot be read as an image: {_first_line(err)}") from err
+
+
+def _read_header(path: Path, name: str) -> _Header:
+    """Check that ``path`` is a readable 3D scalar image and return its geometry (header-only where possible)."""
+    try:
+        if path.is_dir():
+            image = read_image(path, name=name)  # DICOM: geometry needs all slices
+            dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+            info = image
+        else:
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(path))
+            info.ReadImageInformation()
+            dim, comps = info.GetDimension(), info.GetNumberOfComponents()
+    except RuntimeError as err:
+        raise InputError(f"{name}: cannot be read as an image: {_first_line(err)}") from err
+    size = tuple(int(s) for s in info.GetSize())
+    if dim != 3:
+        raise InputError(
+            f"{name}: image is {dim}D (size {'x'.join(map(str, size))}); expected a 3D volume"
+        )
+    if comps != 1:
+        raise InputError(
+            f"{name}: image has {comps} components per voxel; expected a scalar (grayscale) volume"
+        )
+    return _Header(size, tuple(info.GetSpacing()), tuple(info.GetOrigin()), tuple(info.GetDirection()))
+
+
+def load_case(case: CaseFiles) -> tuple[dict[str, sitk.Image], sitk.Image | None]:
+    """Read a (validated) case: the phases in phase order, and the label as UInt8 (None for a test case)."""
+    root = case.directory.parent
+    images = {phase: read_image(p, name=_display(p, root)) for phase, p in case.phases.items()}
+    label = None
+    if case.label is not None:
+        label = sitk.Cast(read_image(case.label, name=_display(case.label, root)), sitk.sitkUInt8)
+    return images, label
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def _grid_differences(a: _Header, b: _Header) -> list[str]:
+    """Human-readable list of what differs between grid ``a`` and grid ``b`` (empty if the same grid)."""
+    diffs = []
+    if a.size != b.size:
+        diffs.append(f"size {'x'.join(map(str, a.size))} vs {'x'.join(map(str, b.size))}")
+    if not np.allclose(a.spacing, b.spacing, rtol=SPACING_RTOL, atol=0):
+        diffs.append(f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)}")
+    if not np.allclose(a.origin, b.origin, rtol=0, atol=ORIGIN_ATOL_MM):
+        diffs.append(f"origin {_fmt(a.origin)} vs {_fmt(b.origin)}")
+    if not np.allclose(a.direction, b.direction, rtol=0, atol=DIRECTION_ATOL):
+        diffs.append(f"direction {_fmt(a.direction)} vs {_fmt(b.direction)}")
+    return diffs
+
+
+def _bounds(h: _Header) -> np.ndarray:
+    """Axis-aligned physical bounding box (2x3: min, max) of the voxel extent, voxel edges included."""
+    corners = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in h.size], indexing="ij")).reshape(3, -1)
+    direction = np.asarray(h.direction, dtype=float).reshape(3, 3)
+    points = np.asarray(h.origin)[:, None] + direction @ (np.asarray(h.spacing)[:, None] * corners)
+    return np.stack([points.min(axis=1), points.max(axis=1)])
+
+
+def _fmt_bounds(b: np.ndarray) -> str:
+    return " x ".join(f"[{lo:.1f}, {hi:.1f}]" for lo, hi in b.T) + " mm"
+
+
+def _voxels(path: Path, name: str) -> np.ndarray:
+    return sitk.GetArrayFromImage(read_image(path, name=name))  # a copy: a view would outlive the image
+
+
+def _check_finite(path: Path, array: np.ndarray, name: str) -> None:
+    if array.dtype.kind != "f":
+        return  # integer voxels are always finite
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        # ITK's NIfTI reader silently turns NaN/inf into 0, so count them in the stored data instead.
+        import nibabel  # a dependency of nnunetv2; only needed for float NIfTI files
+
+        array = np.asanyarray(nibabel.load(str(path)).dataobj)
+    if np.isfinite(array).all():
+        return
+    n_nan = int(np.isnan(array).sum())
+    n_inf = int(np.isinf(array).sum())
+    raise InputError(
+        f"{name}: contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} inf); "
+        f"replace them with finite values"
+    )
+
+
+def _check_values(array: np.ndarray, allowed: tuple[int, ...], name: str, what: str, meaning: str) -> None:
+    if array.dtype.kind in "iub" and array.min() >= min(allowed) and array.max() <= max(allowed):
+        return  # integer data within range: fast path, no per-value test needed
+    bad = ~np.isin(array, allowed)
+    if not bad.any():
+        return
+    values = np.unique(array[bad])
+    shown = ", ".join(f"{v:g}" for v in values[:10].tolist())
+    if len(values) > 10:
+        shown += f", ... ({len(values)} distinct)"
+    allowed_text = "{" + ", ".join(map(str, allowed)) + "}"
+    count = int(bad.sum())
+    raise InputError(
+        f"{name}: {what} has values outside {allowed_text}: {shown} ({count} voxel{'s' * (count != 1)}); "
+        f"expected {meaning}"
+    )
+
+
+def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_root: Path | None = None) -> None:
+    """Read every file of ``case`` and raise InputError on the first problem.
+
+    Checks, in this order: headers (readable, 3D, one component); each phase overlaps the reference phase;
+    label on the reference grid; liver masks on their phase's grid; then voxels: no NaN/inf, label values in
+    {0,1,2} with at least one liver voxel (1 or 2), liver masks binary. ``input_root`` is the folder that file
+    names in messages are relative to (default: the case folder's parent, i.e. INPUT).
+    """
+    root = Path(input_root) if input_root is not None else case.directory.parent
+    if reference not in case.phases:
+        raise InputError(f"{case.name}: reference phase {reference} is not one of its phases {', '.join(case.phases)}")
+    names = {path: _display(path, root) for path in [*case.phases.values(), *case.liver_masks.values()]}
+    if case.label is not None:
+        names[case.label] = _display(case.label, root)
+    ref_path = case.phases[reference]
+
+    # Header checks: cheap, and catch wrong files before any voxel is read.
+    headers = {phase: _read_header(p, names[p]) for phase, p in case.phases.items()}
+    ref_box = _bounds(headers[reference])
+    for phase, p in case.phases.items():
+        box = _bounds(headers[phase])
+        if np.any(np.maximum(box[0], ref_box[0]) >= np.minimum(box[1], ref_box[1])):
+            raise InputError(
+                f"{names[p]}: phase {phase} does not overlap the reference phase {reference} "
+                f"({names[ref_path]}) at all: {phase} spans {_fmt_bounds(box)}, {reference} spans "
+                f"{_fmt_bounds(ref_box)}; check the origin and direction in the header"
+            )
+    if case.label is not None:
+        diffs = _grid_differences(_read_header(case.label, names[case.label]), headers[reference])
+        if diffs:
+            raise InputError(
+                f"{names[case.label]}: label is not on the grid of the reference phase {names[ref_path]}: "
+                f"{', '.join(diffs)} (label vs {reference}); resample the label onto {ref_path.name}"
+            )
+    for phase, p in case.liver_masks.items():
+        diffs = _grid_differences(_read_header(p, names[p]), headers[phase])
+        if diffs:
+            phase_path = case.phases[phase]
+            raise InputError(
+                f"{names[p]}: liver mask is not on the grid of phase {phase} ({names[phase_path]}): "
+                f"{', '.join(diffs)} (mask vs {phase}); resample the mask onto {phase_path.name}"
+            )
+
+    # Voxel checks: one image in memory at a time.
+    for p in case.phases.values():
+        _check_finite(p, _voxels(p, names[p]), names[p])
+    if case.label is not None:
+        label = _voxels(case.label, names[case.label])
+        _check_finite(case.label, label, names[case.label])
+        _check_values(label, LABEL_VALUES, names[case.label], "label", "0 background, 1 liver, 2 tumor")
+        if label.max() < 1:
+            raise InputError(
+                f"{names[case.label]}: label contains no liver (no voxel with value 1 or 2); use the right label "
+                f"file, or remove it to treat {case.name} as a test case"
+            )
+        del label
+    for p in case.liver_masks.values():
+        mask = _voxels(p, names[p])
+        _check_finite(p, mask, names[p])
+        _check_values(mask, MASK_VALUES, names[p], "liver mask", "a binary mask (0 background, 1 liver)")
+
+
+def _validate_worker(args: tuple[CaseFiles, str, Path, bool]) -> InputError | None:
+    """Pool worker: validate one case and return its InputError instead of raising it (keeps case order)."""
+    case, reference, root, itk_warnings = args
+    sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)  # spawned workers do not inherit the parent's
+    try:
+        validate_case(case, reference, root)
+    except InputError as err:
+        return err
+    return None
+
+
+def validate_dataset(
+    input_dir: str | Path,
+    phases: Sequence[str] = DEFAULT_PHASES,
+    reference: str = DEFAULT_REFERENCE,
+    num_processes: int = 1,
+) -> list[CaseFiles]:
+    """Find and validate every case; return the cases or raise the first InputError in case order.
+
+    With ``num_processes > 1`` cases are validated in a process pool; the error raised is still the one of the
+    first bad case by name, so the result does not depend on scheduling. A progress bar is shown on a terminal.
+    """
+    root = Path(input_dir)
+    cases = find_cases(root, phases, reference)
+    itk_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    jobs = [(case, reference, root, itk_warnings) for case in cases]
+    progress = dict(total=len(cases), desc="validating", unit="case", disable=None, leave=False)
+    if num_processes > 1 and len(cases) > 1:
+        # spawn: forking a process that already runs ITK's thread pool can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(num_processes, len(cases))) as pool:
+            for error in tqdm(pool.imap(_validate_worker, jobs), **progress):
+                if error is not None:
+                    raise error
+    else:
+        for error in tqdm(map(_validate_worker, jobs), **progress):
+            if error is not None:
+                raise error
+    return cases

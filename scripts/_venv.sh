@@ -1,0 +1,22 @@
+# Sourced by scripts/demo.sh and scripts/test.sh: create or update the project's virtual environment.
+# Idempotent: the install step re-runs only when setup.py or this file changed since the last install.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${DIFF4MM_VENV:-$REPO_ROOT/.venv}"
+PYTHON_BIN="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[diff4mm] creating virtual environment in $VENV"
+    "$PYTHON_BIN" -m venv "$VENV"
+fi
+stamp="$VENV/.diff4mm-install-stamp"
+want="$(cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/_venv.sh" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[diff4mm] installing dependencies into $VENV (first run takes a few minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # torch first and pinned: this exact pair is the newest the project supports (see README).
+    "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+    "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]"
+    echo "$want" > "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
