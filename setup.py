@@ -40,6 +40,8 @@ setup(
             "diff4mm_phantom=nnunetv2_diff4mm.cli.phantom:main",
             "diff4mm_validate=nnunetv2_diff4mm.cli.validate:main",
             "diff4mm_montage=nnunetv2_diff4mm.cli.montage:main",
+            "diff4mm_demo=nnunetv2_diff4mm.cli.demo:main",
+            "diff4mm_register=nnunetv2_diff4mm.cli.register:main",
         ],
     },
 )
