@@ -13,6 +13,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from synthesis.tumor_masks import lobulated_blob
+
 from .grid import Grid, smooth_noise
 from .tissues import (ISODENSE_CANDIDATES, MAX_TUMORS, PHASES, TUMOR_BASE, TUMOR_BODY, TUMOR_CAPSULE,
                       TUMOR_NECROSIS, TUMOR_TYPES, Tissue)
@@ -336,11 +338,9 @@ def _paint_tumor(rng, anatomy: Anatomy, index: int, centre: np.ndarray, diameter
     reach = radii.max() * 1.4 + 2 * max(grid.spacing)
     box = grid.box(centre - reach, centre + reach)
     Z, Y, X = grid.axes(box)
-    rho = np.sqrt(_ellipsoid_q(Z, Y, X, centre, radii, rot))
-    sigma_vox = [max(0.5, 0.35 * diameter / 2 / s) for s in grid.spacing[::-1]]
-    lobes = ndimage.gaussian_filter(rng.standard_normal(rho.shape).astype(np.float32), sigma_vox)
-    lobes /= lobes.std() or 1.0
-    boundary = 1.0 + 0.12 * lobes
+    lobulation = 0.12
+    rho, boundary = lobulated_blob(Z, Y, X, centre, radii, rot, rng, lobulation, grid.spacing[::-1])
+    lobes = (boundary - 1.0) / lobulation
     region = (rho < boundary) & anatomy.liver[box] & (anatomy.tissue[box] != Tissue.GALLBLADDER)
     if not region.any():
         return
