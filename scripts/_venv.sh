@@ -10,13 +10,17 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON_BIN" -m venv "$VENV"
 fi
 stamp="$VENV/.diff4mm-install-stamp"
-want="$(cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/_venv.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/_venv.sh" "$REPO_ROOT/nnunetv2_diff4mm.pth" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[diff4mm] installing dependencies into $VENV (first run takes a few minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch first and pinned: this exact pair is the newest the project supports (see README).
     "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
     "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]"
+    # An editable install cannot carry a file to the root of site-packages; a regular install (pip install .)
+    # does. Put the start-up hook that lets nnU-Net find Diff4MMTrainer (nnunetv2_diff4mm/nnunet_hook.py) there.
+    purelib="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    cp "$REPO_ROOT/nnunetv2_diff4mm.pth" "$purelib/nnunetv2_diff4mm.pth"
     echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,55 @@
+"""Trainer classes nnU-Net finds by name (`-tr NAME`) through `nnUNet_extTrainer` (see nnunet_hook.py).
+
+One behaviour change per class, named after what it changes, as nnU-Net's own variants are.
+"""
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer
+
+
+class Diff4MMTrainer_synthetic25(Diff4MMTrainer):
+    synthetic_fraction = 0.25
+
+
+class Diff4MMTrainer_synthetic75(Diff4MMTrainer):
+    synthetic_fraction = 0.75
+
+
+class Diff4MMTrainer_noSynthesis(Diff4MMTrainer):
+    """Control arm: the same trainer with synthesis switched off (identical to nnUNetTrainer's behaviour)."""
+
+    synthetic_fraction = 0.0
+
+
+class Diff4MMTrainer_250epochs(Diff4MMTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_epochs = 250
+
+
+def _use_demo_schedule(trainer) -> None:
+    """The short CPU schedule shared by both arms of the demo and the CPU benchmark."""
+    trainer.num_epochs = 10
+    trainer.num_iterations_per_epoch = 25
+    trainer.num_val_iterations_per_epoch = 5
+
+
+class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
+    """nnUNetTrainer on the demo's short CPU schedule (baseline arm)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _use_demo_schedule(self)
+
+
+class Diff4MMTrainer_Demo(Diff4MMTrainer):
+    """Diff4MMTrainer on exactly nnUNetTrainer_Diff4MMDemo's schedule."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _use_demo_schedule(self)
+
+
+__all__ = ["Diff4MMTrainer", "Diff4MMTrainer_synthetic25", "Diff4MMTrainer_synthetic75",
+           "Diff4MMTrainer_noSynthesis", "Diff4MMTrainer_250epochs", "nnUNetTrainer_Diff4MMDemo",
+           "Diff4MMTrainer_Demo"]

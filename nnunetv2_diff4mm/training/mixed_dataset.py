@@ -1,0 +1,67 @@
+"""nnU-Net training dataset plus virtual synthetic cases served from the synthetic pool.
+
+nnU-Net's data loader draws identifiers uniformly from `dataset.identifiers`; adding
+n_syn = round(f / (1 - f) * n_real) virtual identifiers makes a fraction f of the drawn samples synthetic
+(in expectation; the trainer counts the real fraction from the batch keys). Synthetic samples go through
+nnU-Net's cropping and augmentation unchanged. If the pool has no readable sample, the real case with the
+same position is served instead and the fallback is recorded, so training never stops for synthesis.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .synthetic_pool import load_sample, slots
+
+SYNTHETIC_PREFIX = "diff4mm_synthetic_"
+FALLBACK_LOG = "fallbacks.log"
+
+
+def synthetic_count(n_real: int, fraction: float) -> int:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"synthetic fraction must be in [0, 1), got {fraction}")
+    return int(round(fraction / (1 - fraction) * n_real))
+
+
+def is_synthetic(identifier: str) -> bool:
+    return str(identifier).startswith(SYNTHETIC_PREFIX)
+
+
+class SyntheticMixDataset:
+    def __init__(self, real, pool_folder: Path, fraction: float):
+        self.real = real
+        self.pool_folder = Path(pool_folder)
+        self.real_identifiers = list(real.identifiers)
+        n = synthetic_count(len(self.real_identifiers), fraction)
+        self.identifiers = self.real_identifiers + [f"{SYNTHETIC_PREFIX}{i:04d}" for i in range(n)]
+        self._rng = np.random.default_rng()
+
+    def __getattr__(self, name):  # everything else behaves like nnU-Net's dataset
+        if name.startswith("__") or name == "real":  # keeps pickling (spawned workers) working
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+    def load_case(self, identifier):
+        if not is_synthetic(identifier):
+            return self.real.load_case(identifier)
+        available = slots(self.pool_folder)
+        if available:
+            try:
+                data, seg, properties = load_sample(available[int(self._rng.integers(len(available)))])
+                return data, seg, None, properties
+            except (OSError, ValueError, KeyError):
+                pass  # a slot being replaced or damaged: fall back below
+        with open(self.pool_folder / FALLBACK_LOG, "a") as fh:
+            fh.write(f"{os.getpid()} {identifier}\n")
+        position = int(identifier[len(SYNTHETIC_PREFIX):]) % len(self.real_identifiers)
+        return self.real.load_case(self.real_identifiers[position])
+
+
+def fallback_count(pool_folder: Path) -> int:
+    try:
+        with open(Path(pool_folder) / FALLBACK_LOG) as fh:
+            return sum(1 for _ in fh)
+    except OSError:
+        return 0

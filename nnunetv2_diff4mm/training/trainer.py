@@ -1,0 +1,175 @@
+"""Diff4MMTrainer: nnU-Net's trainer, with a fraction of every epoch's samples replaced by synthetic ones.
+
+Only the training dataset changes (`get_tr_and_val_datasets`): synthetic multi-phase cases, painted by the
+pretrained synthesis bundle into the normal CTs of the training split, go through nnU-Net's own data loader,
+augmentation, loss and validation. Validation stays real. See docs/trainer.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from .. import conventions
+from .mixed_dataset import SyntheticMixDataset, fallback_count, is_synthetic
+from .normal_cases import intensity_mappings, preprocess_normal_cases
+from .synthetic_pool import PoolSettings, produce, read_status, slots
+
+LOG_KEYS = ("diff4mm_synthetic_fraction", "diff4mm_synthesis_seconds_per_sample", "diff4mm_bundle_sha256")
+
+
+def bundle_fingerprint(bundle: Path) -> str:
+    """sha256 of the bundle's description file, which itself lists the sha256 of every weight file."""
+    return hashlib.sha256((Path(bundle) / "diff4mm_bundle.json").read_bytes()).hexdigest()
+
+
+class Diff4MMTrainer(nnUNetTrainer):
+    synthetic_fraction: float = 0.5  # expected share of training samples that are synthetic
+    pool_size: int = 32  # synthetic samples kept on disk and reused with augmentation
+    prefill: int = 8  # samples synthesised before the first epoch
+    synthesis_duty: float = 0.5  # share of wall time the background producer may compute
+    seed: int = int(os.environ.get("DIFF4MM_SEED", "0"))
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for key in LOG_KEYS:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+        self._producer = None
+        self._stop = None
+        self._pool_folder: Path | None = None
+        self._bundle: Path | None = None
+        self._bundle_sha = ""
+        self._synthetic_ok = False
+        self._epoch_counts = [0, 0]  # synthetic, total samples this epoch
+        self._epoch_fallbacks_start = 0
+        self._epoch_status_start = {"produced": 0, "seconds": 0.0}
+
+    # --- set-up -----------------------------------------------------------------------------------------------
+    def _prepare_synthesis(self) -> None:
+        """Locate bundle and normal CTs, cache the normal CTs in preprocessed space, prefill the pool.
+        Any problem is logged and training continues with real samples only."""
+        raw = conventions.raw_dataset_folder(self.plans_manager.dataset_name)
+        self._bundle = conventions.bundle_folder(raw)
+        normal_dir = conventions.normal_folder(raw)
+        cache = conventions.preprocessed_cache_folder(self.preprocessed_dataset_folder_base,
+                                                      self.plans_manager.plans_name, self.configuration_name)
+        rank = self.local_rank
+        self._pool_folder = cache / f"pool_fold{self.fold}_rank{rank}"
+        if self._pool_folder.exists():
+            shutil.rmtree(self._pool_folder)  # samples of an earlier run (maybe another bundle) are not reused
+        self._pool_folder.mkdir(parents=True)
+        if self.synthetic_fraction <= 0:
+            return
+        try:
+            if not (self._bundle / "diff4mm_bundle.json").is_file():
+                raise FileNotFoundError(f"no synthesis bundle at {self._bundle} (train one with "
+                                        f"diff4mm_train_synthesizer, or set {conventions.ENV_BUNDLE})")
+            if not (normal_dir / "imagesTr").is_dir():
+                raise FileNotFoundError(f"no normal CTs at {normal_dir} (run diff4mm_inpaint, or set "
+                                        f"{conventions.ENV_NORMAL})")
+            self._bundle_sha = bundle_fingerprint(self._bundle)
+            tr_keys, _ = self.do_split()
+            start = time.perf_counter()
+            normal_files = preprocess_normal_cases(
+                normal_dir, list(tr_keys), len(self.dataset_json["channel_names"]), self.dataset_json["file_ending"],
+                cache / "normal", self.plans_manager, self.configuration_manager, self.dataset_json)
+            if not normal_files:
+                raise FileNotFoundError(f"none of the {len(tr_keys)} training cases has a normal CT in {normal_dir}")
+            mappings = intensity_mappings(self.plans_manager.plans, self.configuration_manager)
+            settings = PoolSettings(
+                folder=str(self._pool_folder), bundle=str(self._bundle), normal_files=[str(p) for p in normal_files],
+                intensity=[m.__dict__ for m in mappings], foreground_labels=list(self.label_manager.foreground_labels),
+                size=self.pool_size, seed=self.seed * 1000 + rank, device=self.device.type,
+                duty=self.synthesis_duty)
+            produce(settings, max_samples=min(self.prefill, self.pool_size))  # inline: first epoch has samples
+            status = read_status(self._pool_folder)
+            if status.get("error"):
+                raise RuntimeError(status["error"])
+            self.print_to_log_file(
+                f"Diff4MM: bundle {self._bundle} (sha256 {self._bundle_sha[:12]}), {len(normal_files)} normal CTs "
+                f"cached, {status['produced']} synthetic samples prefilled in {time.perf_counter() - start:.1f} s; "
+                f"synthetic fraction {self.synthetic_fraction}")
+            ctx = mp.get_context("spawn")
+            self._stop = ctx.Event()
+            self._producer = ctx.Process(target=produce, args=(settings, self._stop), daemon=True)
+            self._producer.start()
+            self._synthetic_ok = True
+        except Exception as exc:  # synthesis must never stop training: fall back to real samples
+            self.print_to_log_file(f"Diff4MM: synthesis disabled, training on real samples only: "
+                                   f"{type(exc).__name__}: {exc}")
+            self._synthetic_ok = False
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self._synthetic_ok:
+            dataset_tr = SyntheticMixDataset(dataset_tr, self._pool_folder, self.synthetic_fraction)
+        return dataset_tr, dataset_val
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self._prepare_synthesis()
+        super().on_train_start()
+
+    # --- per step / epoch -------------------------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._epoch_counts = [0, 0]
+        if self._pool_folder is not None:
+            self._epoch_fallbacks_start = fallback_count(self._pool_folder)
+            self._epoch_status_start = read_status(self._pool_folder) or {"produced": 0, "seconds": 0.0}
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        keys = batch.get("keys", [])
+        self._epoch_counts[0] += sum(1 for k in keys if is_synthetic(k))
+        self._epoch_counts[1] += len(keys)
+        return super().train_step(batch)
+
+    def on_epoch_end(self):
+        synthetic, total = self._epoch_counts
+        if self._pool_folder is not None:
+            synthetic -= fallback_count(self._pool_folder) - self._epoch_fallbacks_start
+            status = read_status(self._pool_folder)
+            if status.get("error") and self._synthetic_ok:
+                self.print_to_log_file(f"Diff4MM: synthesis producer failed ({status['error']}); pooled samples "
+                                       "are still used, none are added")
+        else:
+            status = {}
+        produced = status.get("produced", 0) - self._epoch_status_start.get("produced", 0)
+        seconds = status.get("seconds", 0.0) - self._epoch_status_start.get("seconds", 0.0)
+        per_sample = seconds / produced if produced > 0 else float("nan")
+        fraction = synthetic / total if total else 0.0
+        self.logger.log("diff4mm_synthetic_fraction", fraction, self.current_epoch)
+        self.logger.log("diff4mm_synthesis_seconds_per_sample", per_sample, self.current_epoch)
+        self.logger.log("diff4mm_bundle_sha256", self._bundle_sha, self.current_epoch)
+        self.print_to_log_file(f"Diff4MM: synthetic fraction used {fraction:.3f} ({synthetic}/{total} samples), "
+                               f"{produced} synthesised this epoch at {per_sample:.2f} s/sample, "
+                               f"{len(slots(self._pool_folder)) if self._pool_folder else 0} in pool")
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        self._stop_producer()
+        super().on_train_end()
+
+    def _stop_producer(self):
+        if self._producer is not None:
+            self._stop.set()
+            self._producer.join(timeout=30)
+            if self._producer.is_alive():
+                self._producer.terminate()
+            self._producer = None
+
+    def __del__(self):
+        try:
+            self._stop_producer()
+        except Exception:
+            pass

@@ -1,0 +1,42 @@
+"""What a user gets from `pip install`: console scripts, and nnU-Net finding our trainers with no set-up."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_wheel_carries_the_nnunet_startup_hook(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), REPO], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("nnunetv2_diff4mm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nnunetv2_diff4mm.pth" in names  # lands at the root of site-packages
+    assert "nnunetv2_diff4mm/nnunet_trainers/diff4mm_trainers.py" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    for script in ("diff4mm_phantom", "diff4mm_validate", "diff4mm_register", "diff4mm_inpaint",
+                   "diff4mm_train_synthesizer", "diff4mm_demo"):
+        assert script in entry_points
+
+
+def test_nnunet_finds_diff4mm_trainers_by_name_without_configuration():
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+            "for name in ('Diff4MMTrainer', 'Diff4MMTrainer_synthetic25', 'nnUNetTrainer_Diff4MMDemo'):\n"
+            "    cls = find(name)\n"
+            "    print(cls.__name__, [b.__name__ for b in cls.__mro__][:3])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "Diff4MMTrainer ['Diff4MMTrainer', 'nnUNetTrainer'" in result.stdout
+    assert "Diff4MMTrainer_synthetic25 ['Diff4MMTrainer_synthetic25', 'Diff4MMTrainer', 'nnUNetTrainer']" in \
+        result.stdout
+
+
+def test_user_trainer_paths_are_kept():
+    env = {**os.environ, "nnUNet_extTrainer": "/my/trainers"}
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['nnUNet_extTrainer'])"],
+                         capture_output=True, text=True, env=env, cwd="/").stdout.strip()
+    assert out.split(os.pathsep)[0] == "/my/trainers" and out.endswith("nnunet_trainers")
