@@ -1,0 +1,180 @@
+"""The synthesis bundle: one folder that the trainer, `diff4mm_synthesize` and the tests load.
+
+    BUNDLE/
+      diff4mm_bundle.json     format_version, phases, spatial_dims, roi_size_vox, working_spacing_mm,
+                              intensity_window_hu, blend_margin_mm, ddim_steps, mask_distribution,
+                              sha256 of every file below, package versions, training record
+      autoencoder/            ROIAutoencoderKL.save_pretrained (config.json + safetensors)
+      unet/                   MaskConditionedUNet (EMA weights) .save_pretrained
+      scheduler/              DDIMScheduler.save_pretrained (scheduler_config.json)
+
+The JSON is written last (atomically), so a folder without it is an unfinished bundle. Loading verifies the
+format version and every hash before any weight is read, and reads weights only from safetensors (no pickle).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .models.conditional_unet import MaskConditionedUNet
+from .models.roi_autoencoder import ROIAutoencoderKL
+from .roi import ROISpec
+from .tumor_masks import TumorMaskDistribution
+
+FORMAT_VERSION = 1
+BUNDLE_JSON = "diff4mm_bundle.json"
+COMPONENTS = ("autoencoder", "unet", "scheduler")
+_VERSIONED_PACKAGES = ("nnunetv2-diff4mm", "torch", "diffusers", "monai", "numpy", "safetensors")
+
+
+class BundleError(ValueError):
+    """A synthesis bundle is missing, incomplete, corrupted, of another format, or does not fit the data."""
+
+
+@dataclass
+class SynthesisBundle:
+    path: Path
+    phases: list[str]
+    roi: ROISpec
+    intensity_window_hu: tuple[float, float]
+    blend_margin_mm: float
+    ddim_steps: int
+    mask_distribution: TumorMaskDistribution
+    autoencoder: ROIAutoencoderKL
+    unet: MaskConditionedUNet
+    scheduler: object  # a diffusers scheduler (DDIMScheduler)
+    info: dict = field(default_factory=dict)
+
+    def check_phases(self, phases, where: str = "dataset") -> None:
+        """Raise BundleError unless `phases` (a dataset's phase order) equals the bundle's."""
+        if list(phases) != list(self.phases):
+            raise BundleError(f"{self.path / BUNDLE_JSON}: trained on phases {list(self.phases)}, but the {where} "
+                              f"has phases {list(phases)}; train a bundle on this dataset or reorder its phases")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but torch sees no CUDA GPU; use --device cpu or auto")
+    return device
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler, phases,
+                roi: ROISpec, intensity_window_hu, blend_margin_mm: float, ddim_steps: int,
+                mask_distribution: TumorMaskDistribution, training: dict | None = None) -> Path:
+    """Write a bundle folder (components first, the JSON with their hashes last and atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / BUNDLE_JSON).unlink(missing_ok=True)
+    autoencoder.save_pretrained(path / "autoencoder", safe_serialization=True)
+    unet.save_pretrained(path / "unet", safe_serialization=True)
+    scheduler.save_pretrained(path / "scheduler")
+    files = {p.relative_to(path).as_posix(): _sha256(p)
+             for c in COMPONENTS for p in sorted((path / c).rglob("*")) if p.is_file()}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "phases": list(phases),
+        "spatial_dims": 3,
+        "roi_size_vox": int(roi.size_vox),
+        "working_spacing_mm": float(roi.spacing_mm),
+        "intensity_window_hu": [float(v) for v in intensity_window_hu],
+        "blend_margin_mm": float(blend_margin_mm),
+        "ddim_steps": int(ddim_steps),
+        "mask_distribution": mask_distribution.to_json(),
+        "files": files,
+        "versions": _versions(),
+        "training": training or {},
+    }
+    tmp = path / f".{BUNDLE_JSON}.tmp"
+    tmp.write_text(json.dumps(config, indent=1))
+    os.replace(tmp, path / BUNDLE_JSON)
+    return path
+
+
+def read_bundle_config(path) -> dict:
+    """The bundle JSON after checking the folder, the format version and every file hash (no weights read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder; train one with diff4mm_train_synthesizer")
+    json_path = path / BUNDLE_JSON
+    if not json_path.is_file():
+        raise BundleError(f"{json_path}: missing; {path} is not a (finished) synthesis bundle")
+    try:
+        config = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{json_path}: not valid JSON ({err})") from None
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{json_path}: format_version {version!r}, this package reads {FORMAT_VERSION}; "
+                          "retrain the bundle with this version")
+    missing = [k for k in ("phases", "roi_size_vox", "working_spacing_mm", "intensity_window_hu",
+                           "blend_margin_mm", "ddim_steps", "mask_distribution", "files") if k not in config]
+    if missing:
+        raise BundleError(f"{json_path}: missing key(s) {', '.join(missing)}")
+    for component in COMPONENTS:
+        if not (path / component).is_dir():
+            raise BundleError(f"{path / component}: missing folder of the bundle")
+    for rel, digest in config["files"].items():
+        file = path / rel
+        if not file.is_file():
+            raise BundleError(f"{file}: missing file of the bundle")
+        if _sha256(file) != digest:
+            raise BundleError(f"{file}: sha256 mismatch (corrupted or modified weights); copy the bundle again")
+    for component in ("autoencoder", "unet"):
+        if not any(Path(rel).parts[0] == component and rel.endswith(".safetensors") for rel in config["files"]):
+            raise BundleError(f"{path / component}: no .safetensors weights listed in {BUNDLE_JSON}")
+    return config
+
+
+def load_bundle(path, device: str | torch.device = "cpu") -> SynthesisBundle:
+    """Verify and load a bundle; models are in eval mode on `device`."""
+    from diffusers import DDIMScheduler
+
+    path = Path(path)
+    config = read_bundle_config(path)
+    device = resolve_device(device)
+    models = {}
+    for name, cls in (("autoencoder", ROIAutoencoderKL), ("unet", MaskConditionedUNet)):
+        try:
+            models[name] = cls.from_pretrained(path / name, use_safetensors=True).to(device).eval()
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BundleError(f"{path / name}: cannot load {cls.__name__} ({first})") from None
+    try:
+        scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path / 'scheduler'}: cannot load the scheduler ({err})") from None
+    return SynthesisBundle(
+        path=path, phases=list(config["phases"]),
+        roi=ROISpec(int(config["roi_size_vox"]), float(config["working_spacing_mm"])),
+        intensity_window_hu=tuple(config["intensity_window_hu"]), blend_margin_mm=float(config["blend_margin_mm"]),
+        ddim_steps=int(config["ddim_steps"]),
+        mask_distribution=TumorMaskDistribution.from_json(config["mask_distribution"]),
+        autoencoder=models["autoencoder"], unet=models["unet"], scheduler=scheduler, info=config,
+    )

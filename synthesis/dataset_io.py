@@ -1,0 +1,204 @@
+"""Reading the synthesizer's training data from an nnU-Net raw dataset and writing synthetic cases.
+
+Layout read (DATASET = $nnUNet_raw/DatasetXXX_Name):
+    DATASET/dataset.json                       "diff4mm": {"phases": [...], "reference": "PVP"}, file_ending
+    DATASET/imagesTr/<case>_0000..000k         registered phases (with tumors), in phase order
+    DATASET/labelsTr/<case>                    0 background, 1 liver, 2 tumor
+    DATASET/diff4mm/normal/imagesTr/<case>_0000..000k   normal (tumor-free) phases from diff4mm_inpaint
+    DATASET/diff4mm/normal/labelsTr/<case>     liver mask of the normal case
+Layout written (OUT): imagesTr/syn_XXXX_000k, labelsTr/syn_XXXX, dataset.json like the source's,
+synthesis.json (bundle, seed, source case of each synthetic case), montages/syn_XXXX.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from registration.image_io import write_image_atomic
+
+NORMAL_SUBDIR = Path("diff4mm") / "normal"
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, incomplete or not in the expected layout (one-line message naming the file)."""
+
+
+def read_dataset_json(dataset_dir) -> dict:
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing; not an nnU-Net raw dataset")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data.get("diff4mm"), dict) or not data["diff4mm"].get("phases"):
+        raise DatasetError(f"{path}: no \"diff4mm\": {{\"phases\": [...]}} entry; register the dataset with "
+                           "diff4mm_register")
+    return data
+
+
+def dataset_phases(dataset_dir) -> list[str]:
+    return list(read_dataset_json(dataset_dir)["diff4mm"]["phases"])
+
+
+def labelled_cases(dataset_dir) -> list[str]:
+    data = read_dataset_json(dataset_dir)
+    ending = data.get("file_ending", ".nii.gz")
+    labels = sorted((Path(dataset_dir) / "labelsTr").glob(f"*{ending}"))
+    if not labels:
+        raise DatasetError(f"{Path(dataset_dir) / 'labelsTr'}: no labelled cases")
+    return [p.name[: -len(ending)] for p in labels]
+
+
+def _read(path: Path, what: str) -> sitk.Image:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing {what}")
+    return sitk.ReadImage(str(path))
+
+
+def _phase_files(folder: Path, case: str, n: int, ending: str) -> list[Path]:
+    return [folder / f"{case}_{k:04d}{ending}" for k in range(n)]
+
+
+def load_case(dataset_dir, case: str, normal: bool = True):
+    """(target phases, normal phases or None, label, normal liver mask or None) of one case."""
+    dataset_dir = Path(dataset_dir)
+    data = read_dataset_json(dataset_dir)
+    phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
+    target = {p: _read(f, f"phase {p} of {case}")
+              for p, f in zip(phases, _phase_files(dataset_dir / "imagesTr", case, len(phases), ending))}
+    label = _read(dataset_dir / "labelsTr" / f"{case}{ending}", f"label of {case}")
+    if not normal:
+        return target, None, label, None
+    normal_dir = dataset_dir / NORMAL_SUBDIR
+    files = _phase_files(normal_dir / "imagesTr", case, len(phases), ending)
+    liver_file = normal_dir / "labelsTr" / f"{case}{ending}"
+    missing = [f for f in (*files, liver_file) if not f.is_file()]
+    if missing:
+        raise DatasetError(f"{missing[0]}: missing normal (tumor-free) CT of {case}; run diff4mm_inpaint on "
+                           "this dataset first")
+    normal_images = {p: sitk.ReadImage(str(f)) for p, f in zip(phases, files)}
+    for p, img in normal_images.items():
+        if img.GetSize() != label.GetSize():
+            raise DatasetError(f"{files[phases.index(p)]}: size {img.GetSize()} differs from the label's "
+                               f"{label.GetSize()}; re-run diff4mm_inpaint")
+    return target, normal_images, label, sitk.ReadImage(str(liver_file))
+
+
+class TrainingCases(Sequence):
+    """[(target phases, normal phases, label), ...] of a dataset, read from disk when indexed (a clinical
+    dataset does not fit in memory at full resolution)."""
+
+    def __init__(self, dataset_dir, names: list[str]):
+        self.dataset_dir, self.names = Path(dataset_dir), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        target, normal, label, _ = load_case(self.dataset_dir, self.names[i])
+        return target, normal, label
+
+
+def load_training_cases(dataset_dir) -> tuple[list[str], TrainingCases]:
+    """Names and the (lazily read) training cases of every labelled case. Every file is checked to exist
+    first, so a missing normal CT fails before anything is trained."""
+    dataset_dir = Path(dataset_dir)
+    data = read_dataset_json(dataset_dir)
+    phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
+    names = labelled_cases(dataset_dir)
+    for name in names:
+        files = [*_phase_files(dataset_dir / "imagesTr", name, len(phases), ending),
+                 *_phase_files(dataset_dir / NORMAL_SUBDIR / "imagesTr", name, len(phases), ending),
+                 dataset_dir / NORMAL_SUBDIR / "labelsTr" / f"{name}{ending}"]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            hint = ("run diff4mm_inpaint on this dataset first" if NORMAL_SUBDIR.as_posix() in missing[0].as_posix()
+                    else "the dataset is incomplete")
+            raise DatasetError(f"{missing[0]}: missing ({name}); {hint}")
+    return names, TrainingCases(dataset_dir, names)
+
+
+def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int = 0, progress: bool = True,
+                       montage_fn: Callable | None = None) -> list[str]:
+    """Write `count` synthetic cases (normal CT of source case i % n + random tumors) in nnU-Net raw layout.
+
+    Case i is drawn from np.random.default_rng([seed, i]), so any case can be (re)made alone: a re-run keeps
+    finished cases (label written last) and completes the rest. `montage_fn(phases, label, path, title=...)`
+    draws a PNG per case (the CLI passes nnunetv2_diff4mm.visualization.montage).
+    """
+    from tqdm import tqdm
+
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    data = read_dataset_json(dataset_dir)
+    phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
+    synthesizer.bundle.check_phases(phases, where=f"dataset {dataset_dir.name}")
+    sources = labelled_cases(dataset_dir)
+    for name in sources:  # fail before writing anything
+        missing = [f for f in (*_phase_files(dataset_dir / NORMAL_SUBDIR / "imagesTr", name, len(phases), ending),
+                               dataset_dir / NORMAL_SUBDIR / "labelsTr" / f"{name}{ending}") if not f.is_file()]
+        if missing:
+            raise DatasetError(f"{missing[0]}: missing normal (tumor-free) CT of {name}; run diff4mm_inpaint on "
+                               "this dataset first")
+    settings = {"bundle": str(Path(synthesizer.bundle.path).resolve()), "seed": seed,
+                "source_dataset": str(dataset_dir.resolve())}
+    record_path = out_dir / "synthesis.json"
+    if record_path.is_file():
+        stored = json.loads(record_path.read_text())
+        changed = [k for k in settings if stored.get(k) != settings[k]]
+        if changed:
+            raise DatasetError(f"{record_path}: made with another {changed[0]} ({stored.get(changed[0])}); choose "
+                               "another output folder or delete this one")
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise DatasetError(f"{out_dir}: not empty and not a diff4mm_synthesize output; choose a new folder")
+    for sub in ("imagesTr", "labelsTr", "montages"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    _atomic_json(record_path, {**settings, "cases": []})
+    names, record = [], []
+    for i in tqdm(range(count), desc="synthetic cases", unit="case", disable=not progress):
+        name, source = f"syn_{i:04d}", sources[i % len(sources)]
+        names.append(name)
+        record.append({"case": name, "source": source})
+        label_path = out_dir / "labelsTr" / f"{name}{ending}"
+        if label_path.is_file():
+            continue
+        _, normal, label, liver = load_case(dataset_dir, source)
+        normal_hu = np.stack([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases])
+        liver_mask = sitk.GetArrayFromImage(liver) > 0
+        image, syn_label = synthesizer(normal_hu, label.GetSpacing(), liver_mask, np.random.default_rng([seed, i]))
+        images = {}
+        for k, p in enumerate(phases):
+            ref = normal[p]
+            arr = image[k]
+            if ref.GetPixelID() in (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkUInt16):
+                arr = np.rint(arr).astype(sitk.GetArrayViewFromImage(ref).dtype)
+            out = sitk.GetImageFromArray(arr)
+            out.CopyInformation(ref)
+            images[p] = out
+            write_image_atomic(out, out_dir / "imagesTr" / f"{name}_{k:04d}{ending}")
+        lab = sitk.GetImageFromArray(syn_label)
+        lab.CopyInformation(label)
+        if montage_fn is not None:
+            montage_fn(images, lab, out_dir / "montages" / f"{name}.png",
+                       title=f"{name}: synthetic tumors in the normal CT of {source}")
+        write_image_atomic(lab, label_path)
+    dataset = {k: v for k, v in data.items() if k != "numTraining"}
+    dataset["numTraining"] = count
+    dataset["name"] = f"{data.get('name', dataset_dir.name)} synthetic"
+    dataset["description"] = f"Diff4MM synthetic tumors in normal CTs of {dataset_dir.name}"
+    _atomic_json(record_path, {**settings, "cases": record})
+    _atomic_json(out_dir / "dataset.json", dataset)
+    return names
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,173 @@
+"""Tumor synthesis: the diffusers-style ROI pipeline and the array-level `Synthesizer` API.
+
+`TumorSynthesisPipeline` (components: autoencoder, unet, scheduler) turns normal ROIs + tumor masks (both in
+[-1, 1] / [0, 1], on the working grid) into ROIs with tumors: encode the normal ROI, run DDIM in the latent
+space conditioned on (normal latent, mask), decode.
+
+`Synthesizer` works on whole cases in HU: it draws a random tumor mask inside the liver from the bundle's
+fitted distribution (unless one is given), synthesises one ROI per tumor component (one batched pipeline
+call) and adds what the tumor changes - decoded synthetic ROI minus decoded normal ROI - to the normal volume,
+weighted by 1 inside the mask and a distance feather (to 0 at `blend_margin_mm` outside it). Adding the
+change rather than pasting the decoded ROI keeps the scan's own noise and texture (the autoencoder returns a
+smoothed ROI, and a smooth patch would be a give-away for a segmenter) and cancels the autoencoder's
+reconstruction error of the background. Outside the margin the output is exactly the normal input. Deterministic for a
+fixed `np.random.Generator` state (the diffusion noise is drawn on the CPU from a seed taken from it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from scipy import ndimage
+
+from .bundle import SynthesisBundle, load_bundle
+from .models.conditional_unet import MaskConditionedUNet
+from .models.roi_autoencoder import ROIAutoencoderKL
+from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight, normalize_hu,
+                  roi_box, roi_to_case)
+from .tumor_masks import TumorMaskDistribution, random_tumor_mask
+
+_CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+class TumorSynthesisPipeline(DiffusionPipeline):
+    def __init__(self, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler):
+        super().__init__()
+        self.register_modules(autoencoder=autoencoder, unet=unet, scheduler=scheduler)
+
+    def encode(self, roi: torch.Tensor) -> torch.Tensor:
+        """ROI in [-1, 1] -> scaled latent (posterior mean x scaling_factor)."""
+        return self.autoencoder.encode(roi).mode() * self.autoencoder.config.scaling_factor
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latent / self.autoencoder.config.scaling_factor).clamp(-1.0, 1.0)
+
+    def target_to_latent(self, x0: torch.Tensor, normal_latent: torch.Tensor) -> torch.Tensor:
+        cfg = self.unet.config
+        return (normal_latent + x0 / cfg.target_scale) if cfg.target == "residual" else x0 / cfg.target_scale
+
+    @torch.no_grad()
+    def __call__(self, normal_roi: torch.Tensor, mask_roi: torch.Tensor,
+                 generator: torch.Generator | None = None, num_inference_steps: int = 20,
+                 output_type: str = "image") -> torch.Tensor:
+        """normal_roi (B, C, n, n, n) in [-1, 1], mask_roi (B, 1, n, n, n) in [0, 1] -> (B, C, n, n, n):
+        output_type "image": the decoded ROI in [-1, 1]; "difference": decoded ROI minus the decoded normal ROI
+        (what the tumor changes; the Synthesizer adds it to the normal CT); "latent": the sampled latent.
+        Noise comes from `generator` (CPU generators give the same result on any device)."""
+        device = self._execution_device
+        dtype = self.unet.dtype
+        normal_roi = normal_roi.to(device, dtype)
+        mask_roi = mask_roi.to(device, dtype)
+        normal_latent = self.encode(normal_roi)
+        mask_latent = self.unet.pool_mask(mask_roi, normal_latent.shape[2:])
+        x = randn_tensor(normal_latent.shape, generator=generator, device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        x = x * self.scheduler.init_noise_sigma
+        for t in self.progress_bar(self.scheduler.timesteps):
+            eps = self.unet(self.scheduler.scale_model_input(x, t), t, normal_latent, mask_latent)
+            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+        latent = self.target_to_latent(x, normal_latent)
+        if output_type == "latent":
+            return latent
+        if output_type == "difference":
+            return self.decode(latent) - self.decode(normal_latent)
+        return self.decode(latent)
+
+
+class Synthesizer:
+    """Paint random (or given) tumors into normal multi-phase CTs. Build with :meth:`from_bundle`."""
+
+    def __init__(self, bundle: SynthesisBundle, device: str | torch.device | None = None):
+        self.bundle = bundle
+        self.pipeline = TumorSynthesisPipeline(bundle.autoencoder, bundle.unet, bundle.scheduler)
+        if device is not None:
+            self.pipeline.to(device)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.mask_distribution = self._fitting_distribution(bundle.mask_distribution)
+
+    @classmethod
+    def from_bundle(cls, path, device: str | torch.device = "cpu") -> "Synthesizer":
+        return cls(load_bundle(path, device))
+
+    @property
+    def phases(self) -> list[str]:
+        return list(self.bundle.phases)
+
+    def _fitting_distribution(self, dist: TumorMaskDistribution) -> TumorMaskDistribution:
+        """Cap tumor size so that a tumor plus its blend margin always fits inside one ROI. A tumor's farthest
+        boundary point is at most diameter/2 * (1 + elongation) * (1 + 3 lobulation) from its centre."""
+        reach_per_diameter = (1 + dist.elongation) * (1 + 3 * dist.lobulation)
+        cap = (self.bundle.roi.usable_mm - 2 * self.bundle.blend_margin_mm) / reach_per_diameter
+        data = dist.to_json()
+        data["max_diameter_mm"] = float(min(dist.max_diameter_mm, cap))
+        data["min_diameter_mm"] = float(min(dist.min_diameter_mm, data["max_diameter_mm"]))
+        return TumorMaskDistribution.from_json(data)
+
+    def random_mask(self, liver_mask: np.ndarray, spacing_xyz, rng: np.random.Generator) -> np.ndarray:
+        mask, _ = random_tumor_mask(np.asarray(liver_mask, bool), spacing_xyz, rng, self.mask_distribution)
+        return mask.astype(bool)
+
+    def __call__(self, normal_hu: np.ndarray, spacing_xyz, liver_mask: np.ndarray, rng: np.random.Generator,
+                 mask: np.ndarray | None = None, num_inference_steps: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """normal_hu (C, Z, Y, X) HU in the bundle's phase order, spacing_xyz = voxel size of axes (X, Y, Z) =
+        (axis 2, axis 1, axis 0), liver_mask (Z, Y, X) -> (image_hu float32 (C, Z, Y, X), label uint8 (Z, Y, X):
+        1 liver, 2 tumor)."""
+        b = self.bundle
+        normal_hu = np.asarray(normal_hu)
+        liver_mask = np.asarray(liver_mask, bool)
+        if normal_hu.ndim != 4 or normal_hu.shape[0] != len(b.phases):
+            raise ValueError(f"normal_hu must be (C={len(b.phases)} phases {b.phases}, Z, Y, X), "
+                             f"got shape {normal_hu.shape}")
+        if liver_mask.shape != normal_hu.shape[1:]:
+            raise ValueError(f"liver_mask shape {liver_mask.shape} != image shape {normal_hu.shape[1:]}")
+        if mask is None:
+            mask = self.random_mask(liver_mask, spacing_xyz, rng)
+        mask = np.asarray(mask, bool)
+        if mask.shape != liver_mask.shape:
+            raise ValueError(f"mask shape {mask.shape} != image shape {liver_mask.shape}")
+        image = normal_hu.astype(np.float32, copy=True)
+        label = liver_mask.astype(np.uint8)
+        label[mask] = 2
+        components, n = ndimage.label(mask, structure=_CONNECTIVITY)
+        seed = int(rng.integers(0, 2**63 - 1))
+        if n == 0:
+            return image, label
+        centres, boxes, weights = [], [], []
+        mask_f = mask.astype(np.float32)
+        normal_rois, mask_rois = [], []
+        objects = ndimage.find_objects(components)
+        for k, obj in enumerate(objects, start=1):
+            comp = np.zeros(mask.shape, bool)
+            comp[obj] = components[obj] == k
+            extent = component_extent_mm(comp[obj], spacing_xyz)
+            if np.any(extent + 2 * b.blend_margin_mm > b.roi.usable_mm):
+                raise ValueError(f"tumor component {k} spans {np.round(extent[::-1], 1).tolist()} mm (x, y, z); with "
+                                 f"the {b.blend_margin_mm} mm blend margin it must fit in {b.roi.usable_mm:.0f} mm "
+                                 "(the bundle's ROI)")
+            centre = component_centre(comp)
+            box = roi_box(mask.shape, spacing_xyz, centre, b.roi)
+            centres.append(centre)
+            boxes.append(box)
+            weights.append(feather_weight(comp[box], spacing_xyz, b.blend_margin_mm))
+            normal_rois.append(normalize_hu(extract_roi(normal_hu, spacing_xyz, centre, b.roi, cval=-1024.0),
+                                            b.intensity_window_hu))
+            mask_rois.append(extract_roi(mask_f, spacing_xyz, centre, b.roi, cval=0.0)[None])
+        change = self.synthesize_rois(np.stack(normal_rois), np.stack(mask_rois), seed, num_inference_steps,
+                                      output_type="difference")
+        scale = (b.intensity_window_hu[1] - b.intensity_window_hu[0]) / 2.0  # normalised units -> HU
+        for roi, centre, box, weight in zip(change, centres, boxes, weights):
+            add_change(image, roi_to_case(roi * scale, spacing_xyz, centre, b.roi, box), weight, box)
+        return image, label
+
+    def synthesize_rois(self, normal_rois: np.ndarray, mask_rois: np.ndarray, seed: int,
+                        num_inference_steps: int | None = None, output_type: str = "image") -> np.ndarray:
+        """(B, C, n, n, n) normalised normal ROIs + (B, 1, n, n, n) masks -> (B, C, n, n, n) normalised
+        synthetic ROIs (or their difference to the decoded normal ROI, see TumorSynthesisPipeline)."""
+        generator = torch.Generator("cpu").manual_seed(seed)
+        out = self.pipeline(torch.from_numpy(np.ascontiguousarray(normal_rois, np.float32)),
+                            torch.from_numpy(np.ascontiguousarray(mask_rois, np.float32)), generator=generator,
+                            num_inference_steps=num_inference_steps or self.bundle.ddim_steps,
+                            output_type=output_type)
+        return out.float().cpu().numpy()

@@ -1,0 +1,562 @@
+"""Train the multi-phase tumor synthesizer (KL autoencoder, then latent diffusion UNet) and write a bundle.
+
+Training data per labelled case: ROIs around each real tumor component (random jitter and flips) plus a
+fraction of ROIs centred anywhere in the liver; target = the registered real phases (with tumors), condition =
+the normal (tumor-free) phases + the real tumor mask of that ROI. Everything is resampled once to the working
+spacing (only the liver's bounding box plus half an ROI), and crops are cut from there.
+
+1. Autoencoder: L1 (tumor voxels weighted 1 + ae_tumor_weight) + kl_weight * KL on random patches (mostly
+   target, some normal images) smaller than the ROI (the network is fully convolutional; 16^3 patches cost
+   ~9x less per sample than 32^3 ROIs on CPU). No adversarial/perceptual term (CPU budget).
+2. Latent cache: every training ROI variant (jittered, flipped) is encoded once with the final autoencoder.
+   The UNet diffuses the residual (z_tumor - z_normal) * target_scale (see models/conditional_unet.py) with
+   DDPM epsilon loss; EMA weights (diffusers EMAModel) are validated and shipped.
+
+Runs under `accelerate.Accelerator` (plain CPU run or `accelerate launch` multi-GPU: each process draws its own
+share of every batch). Resumable: every epoch checkpoints models (save_pretrained), optimizer and EMA state
+(torch.save, reloaded with weights_only=True) into OUT/training/checkpoint; a finished bundle is left alone.
+Epoch randomness comes from SeedSequence([seed, stage, epoch]), so a resumed run repeats what an uninterrupted
+one would have drawn.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .bundle import BUNDLE_JSON, resolve_device, save_bundle
+from .models.conditional_unet import MaskConditionedUNet
+from .models.roi_autoencoder import ROIAutoencoderKL
+from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
+from .tumor_masks import fit_mask_distribution
+
+_STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
+
+
+@dataclass(frozen=True)
+class Preset:
+    roi_size_vox: int
+    working_spacing_mm: float
+    ae_channels: tuple[int, ...]
+    ae_norm_groups: int
+    latent_channels: int
+    unet_channels: tuple[int, ...]
+    unet_attention: tuple[bool, ...]
+    unet_norm_groups: int
+    unet_head_channels: int
+    ae_patch_vox: int
+    ae_batch: int
+    ae_steps_per_epoch: int
+    ae_epochs: int
+    ae_lr: float
+    kl_weight: float  # on the KL summed over the latent, per sample (MONAI tutorials' convention)
+    unet_batch: int
+    unet_steps_per_epoch: int
+    unet_epochs: int
+    unet_lr: float
+    latent_variants: int  # augmented ROIs per real tumor in the latent cache
+    tumor_free_fraction: float  # share of ROIs centred anywhere in the liver
+    ddim_steps: int
+    blend_margin_mm: float
+    # soft-tissue window: tumor contrast (10-50 HU) is a larger share of [-1, 1] and bone edges weigh less
+    intensity_window_hu: tuple[float, float] = (-100.0, 250.0)
+    ema_max_decay: float = 0.999
+    ae_tumor_weight: float = 4.0  # extra L1 weight on tumor voxels (1 + w * tumor fraction)
+    ae_target_fraction: float = 0.75  # share of autoencoder patches cut from the target (with tumors)
+
+    @property
+    def roi(self) -> ROISpec:
+        return ROISpec(self.roi_size_vox, self.working_spacing_mm)
+
+
+PRESETS: dict[str, Preset] = {
+    # tests: seconds on CPU
+    "tiny": Preset(roi_size_vox=16, working_spacing_mm=6.0, ae_channels=(8, 16, 16), ae_norm_groups=8,
+                   latent_channels=4, unet_channels=(16, 32), unet_attention=(False, True), unet_norm_groups=8,
+                   unet_head_channels=8, ae_patch_vox=16, ae_batch=4, ae_steps_per_epoch=3, ae_epochs=2,
+                   ae_lr=1e-3, kl_weight=1e-6, unet_batch=8, unet_steps_per_epoch=3, unet_epochs=2, unet_lr=5e-4,
+                   latent_variants=2, tumor_free_fraction=0.2, ddim_steps=10, blend_margin_mm=9.0),
+    # CPU demo: 96 mm ROI at 3 mm, 8^3 x 4 latent; a few minutes on 2 cores
+    "default": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32, 32), ae_norm_groups=8,
+                      latent_channels=8, unet_channels=(32, 64, 64), unet_attention=(False, True, True),
+                      unet_norm_groups=16, unet_head_channels=16, ae_patch_vox=16, ae_batch=8,
+                      ae_steps_per_epoch=50, ae_epochs=16, ae_lr=1e-3, kl_weight=1e-6, unet_batch=12,
+                      unet_steps_per_epoch=50, unet_epochs=20, unet_lr=5e-4, latent_variants=12,
+                      tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=4.5),
+    # one GPU: 96 mm ROI at 1.5 mm, 16^3 x 4 latent (not run on this CPU-only machine)
+    "gpu": Preset(roi_size_vox=64, working_spacing_mm=1.5, ae_channels=(32, 64, 128), ae_norm_groups=16,
+                  latent_channels=8, unet_channels=(64, 128, 256), unet_attention=(False, True, True),
+                  unet_norm_groups=32, unet_head_channels=32, ae_patch_vox=32, ae_batch=16,
+                  ae_steps_per_epoch=200, ae_epochs=50, ae_lr=5e-4, kl_weight=1e-6, unet_batch=32,
+                  unet_steps_per_epoch=200, unet_epochs=200, unet_lr=2e-4, latent_variants=32,
+                  tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=3.0),
+}
+
+
+def make_noise_scheduler():
+    """DDPM training schedule (LDM's scaled-linear betas) and the DDIM sampler derived from it."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015,
+                         beta_end=0.0195, prediction_type="epsilon", clip_sample=False)
+    # "trailing" spacing starts sampling at t=999 (pure noise), which few-step DDIM needs
+    ddim = DDIMScheduler.from_config(ddpm.config, timestep_spacing="trailing", set_alpha_to_one=True)
+    return ddpm, ddim
+
+
+@dataclass
+class _Case:
+    name: str
+    target: np.ndarray  # (C, Z, Y, X) in [-1, 1] at the working spacing
+    normal: np.ndarray
+    tumor: np.ndarray  # (Z, Y, X) tumor fraction
+    liver_idx: np.ndarray  # (N, 3) liver voxel indices
+    tumor_centres: list[np.ndarray]
+
+
+def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, preset: Preset) -> _Case:
+    spacing = label.GetSpacing()
+    lab = sitk.GetArrayFromImage(label)
+    for kind, images in (("target", target), ("normal", normal)):
+        if list(images) != list(phases):
+            raise ValueError(f"{name}: {kind} phases {list(images)} differ from {list(phases)}")
+        for phase, img in images.items():
+            if img.GetSize() != label.GetSize():
+                raise ValueError(f"{name}: {kind} {phase} has size {img.GetSize()}, label {label.GetSize()}; "
+                                 "all images of a case must share the label's grid")
+    liver = np.argwhere(lab > 0)
+    if not len(liver):
+        raise ValueError(f"{name}: the label has no liver (values 1/2)")
+    step = preset.working_spacing_mm / np.asarray(spacing, float)[::-1]
+    margin = (preset.roi_size_vox / 2 + preset.roi_size_vox / 4 + 2) * step
+    start = liver.min(0) - margin
+    shape = np.ceil((liver.max(0) + margin - start) / step).astype(int) + 1
+
+    def grid(arrays, cval):
+        return resample_grid(np.stack(arrays), start, step, shape, cval=cval)
+
+    tgt = normalize_hu(grid([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in phases], -1024.0),
+                       preset.intensity_window_hu)
+    nrm = normalize_hu(grid([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases], -1024.0),
+                       preset.intensity_window_hu)
+    masks = grid([(lab == 2).astype(np.float32), (lab > 0).astype(np.float32)], 0.0)
+    tumor, liver_w = masks[0], masks[1] > 0.5
+    comps, n = ndimage.label(tumor > 0.5, structure=np.ones((3, 3, 3)))
+    centres = [np.rint((np.array([s.start for s in o]) + np.array([s.stop - 1 for s in o])) / 2).astype(int)
+               for o in ndimage.find_objects(comps)] if n else []
+    return _Case(name, tgt, nrm, tumor.astype(np.float32), np.argwhere(liver_w), centres)
+
+
+def _crop(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
+    """size^3 crop centred at `centre`; the prepared volumes carry a margin, so only rare crops need padding."""
+    lo = np.asarray(centre) - size // 2
+    spatial = array.shape[-3:]
+    src = tuple(slice(max(a, 0), min(a + size, n)) for a, n in zip(lo, spatial))
+    out = np.full(array.shape[:-3] + (size,) * 3, -1.0 if array.ndim == 4 else 0.0, np.float32)
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+def _sample_centre(case: _Case, rng: np.random.Generator, jitter: int, tumor_free_fraction: float) -> np.ndarray:
+    if case.tumor_centres and rng.random() >= tumor_free_fraction:
+        centre = case.tumor_centres[rng.integers(len(case.tumor_centres))]
+        return centre + rng.integers(-jitter, jitter + 1, 3)
+    return case.liver_idx[rng.integers(len(case.liver_idx))]
+
+
+def _roi_sample(case: _Case, centre, size: int, flips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = [_crop(case.target, centre, size), _crop(case.normal, centre, size), _crop(case.tumor, centre, size)[None]]
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = [np.flip(a, axis + 1) for a in out]
+    return tuple(np.ascontiguousarray(a) for a in out)
+
+
+def _epoch_rng(seed: int, stage: str, epoch: int, process: int = 0) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _STAGES[stage], epoch, process]))
+
+
+def _torch_generator(seed: int, stage: str, epoch: int, process: int = 0) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(int(_epoch_rng(seed, stage, epoch, process).integers(2**62)))
+
+
+class _Log:
+    FIELDS = ("stage", "epoch", "steps", "train_loss", "val_loss", "seconds")
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: str = "auto",
+                      epochs: int | None = None, seed: int = 0, resume: bool = True, progress: bool = True,
+                      case_names: list[str] | None = None) -> Path:
+    """Train on `cases` = [(target_phases {phase: sitk.Image}, normal_phases {phase: sitk.Image},
+    label sitk.Image 0/1/2), ...] (each case on one grid; any sequence, e.g. one that reads each case from disk
+    when indexed, as synthesis.dataset_io.load_training_cases returns) and write the bundle to `out_dir`.
+
+    `epochs` overrides both stages' epoch counts of the preset. Returns the bundle path. Re-running a finished
+    training returns at once; an interrupted one resumes from its last epoch (unless resume=False).
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm import tqdm
+
+    name = preset if isinstance(preset, str) else "custom"
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        preset = replace(preset, ae_epochs=epochs, unet_epochs=epochs)
+    if not cases:
+        raise ValueError("no training cases")
+    out_dir = Path(out_dir)
+    work = out_dir / "training"
+    ckpt = work / "checkpoint"
+    settings = {"preset": name, "preset_values": asdict(preset), "seed": seed, "cases": len(cases)}
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    stored = json.loads((work / "settings.json").read_text()) if (work / "settings.json").exists() else None
+    if (out_dir / BUNDLE_JSON).exists():
+        if stored is None:
+            raise ValueError(f"{out_dir}: holds a synthesis bundle without a training record; choose another "
+                             "output folder")
+        if stored == settings and resume:
+            return out_dir  # finished: nothing to do
+    changed = sorted(k for k in settings if stored is not None and stored.get(k) != settings[k])
+    if changed and ((out_dir / BUNDLE_JSON).exists() or (resume and (work / "progress.json").exists())):
+        raise ValueError(f"{out_dir}: holds a synthesizer trained with other settings ({', '.join(changed)}); "
+                         "choose another output folder or delete this one")
+    if not resume or changed:  # start afresh (nothing finished with other settings is lost)
+        shutil.rmtree(work, ignore_errors=True)
+        (out_dir / BUNDLE_JSON).unlink(missing_ok=True)
+
+    device = resolve_device(device)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    main = accelerator.is_main_process
+    if main:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _atomic_json(work / "settings.json", settings)
+    accelerator.wait_for_everyone()
+    log = _Log(work / "log.csv", main)
+    progress_path = work / "progress.json"
+    state = json.loads(progress_path.read_text()) if progress_path.exists() else {"autoencoder": 0, "unet": 0}
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    # one pass over `cases` (which may load each case lazily): keep only the working-spacing volumes and the
+    # label inside the liver's bounding box (for the mask-distribution fit)
+    names = case_names or [f"case_{i:03d}" for i in range(len(cases))]
+    t0 = time.time()
+    prepared, labels, phases = [], [], None
+    for n, (tgt, nrm, lab) in zip(names, cases):
+        phases = phases or list(tgt)
+        prepared.append(_prepare_case(n, tgt, nrm, lab, phases, preset))
+        lab_array = sitk.GetArrayFromImage(lab)
+        idx = np.argwhere(lab_array > 0)
+        labels.append((lab_array[tuple(slice(a, b + 1) for a, b in zip(idx.min(0), idx.max(0)))],
+                       lab.GetSpacing()))
+    n_val = 0 if len(prepared) < 2 else max(1, len(prepared) // 8)
+    train_cases, val_cases = prepared[: len(prepared) - n_val], (prepared[len(prepared) - n_val:] or prepared)
+    distribution = fit_mask_distribution(labels)
+    del labels
+    size, jitter = preset.roi_size_vox, max(1, preset.roi_size_vox // 8)
+    prep_seconds = time.time() - t0
+
+    # ---- stage 1: autoencoder -----------------------------------------------------------------------------
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG left alone
+        torch.manual_seed(seed)
+        ae = ROIAutoencoderKL(in_channels=len(phases), latent_channels=preset.latent_channels,
+                              channels=preset.ae_channels, norm_num_groups=preset.ae_norm_groups)
+    ae_dir = ckpt / "autoencoder"
+    if state["autoencoder"] > 0:
+        ae = ROIAutoencoderKL.from_pretrained(ae_dir, use_safetensors=True)
+    val_rois = [_roi_sample(c, centre, size, (False,) * 3) for c in val_cases
+                for centre in (c.tumor_centres or [c.liver_idx[len(c.liver_idx) // 2]])]
+    val_images = torch.from_numpy(np.stack([v[k] for v in val_rois for k in (0, 1)]))
+    t_ae = time.time()
+    if state["autoencoder"] < preset.ae_epochs:
+        optimizer = torch.optim.AdamW(ae.parameters(), lr=preset.ae_lr)
+        if state["autoencoder"] > 0:
+            optimizer.load_state_dict(_load_state(ckpt / "autoencoder_optimizer.pt"))
+        model, optimizer = accelerator.prepare(ae, optimizer)
+        bar = tqdm(total=preset.ae_epochs * preset.ae_steps_per_epoch, initial=state["autoencoder"] *
+                   preset.ae_steps_per_epoch, desc="autoencoder", unit="step", disable=not (progress and main))
+        ae_jitter = max(jitter, (size - preset.ae_patch_vox) // 2)
+        for epoch in range(state["autoencoder"], preset.ae_epochs):
+            rng = _epoch_rng(seed, "autoencoder", epoch, accelerator.process_index)
+            gen = _torch_generator(seed, "autoencoder", epoch, accelerator.process_index)
+            model.train()
+            start, losses = time.time(), []
+            for _ in range(preset.ae_steps_per_epoch):
+                x, w = (torch.from_numpy(a).to(accelerator.device) for a in _ae_batch(train_cases, rng, preset,
+                                                                                        ae_jitter))
+                recon, posterior = model(x, generator=gen)
+                loss = ((recon - x).abs() * w).mean() / w.mean() + preset.kl_weight * posterior.kl().mean()
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            val = _ae_validation(accelerator.unwrap_model(model), val_images, accelerator.device)
+            state["autoencoder"] = epoch + 1
+            if main:
+                accelerator.unwrap_model(model).save_pretrained(ae_dir, safe_serialization=True)
+                _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
+                _atomic_json(progress_path, state)
+                log.write(stage="autoencoder", epoch=epoch + 1, steps=(epoch + 1) * preset.ae_steps_per_epoch,
+                          train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
+            accelerator.wait_for_everyone()
+        bar.close()
+        ae = accelerator.unwrap_model(model)
+        accelerator.free_memory()
+        del model, optimizer
+    ae = ae.to(accelerator.device).eval()
+    ae_seconds = time.time() - t_ae
+
+    # ---- latent cache and scales ----------------------------------------------------------------------------
+    t_cache = time.time()
+    train_cache = _latent_cache(ae, train_cases, _epoch_rng(seed, "cache", 0), preset, size, jitter,
+                                accelerator.device)
+    val_cache = _latent_cache(ae, val_cases, _epoch_rng(seed, "validation", 0), replace(preset, latent_variants=2),
+                              size, jitter, accelerator.device)
+    z_all = torch.cat([train_cache["target"], train_cache["normal"]])
+    scaling_factor = float(1.0 / z_all.std())
+    residual = (train_cache["target"] - train_cache["normal"]) * scaling_factor
+    inside = (train_cache["mask"] > 0).expand_as(residual)
+    target_scale = float(1.0 / residual[inside].std()) if inside.sum() > 1 else 1.0
+    ae.register_to_config(scaling_factor=scaling_factor)
+    cache_seconds = time.time() - t_cache
+
+    def x0_of(cache):
+        return (cache["target"] - cache["normal"]) * scaling_factor * target_scale
+
+    # ---- stage 2: diffusion UNet ----------------------------------------------------------------------------
+    ddpm, ddim = make_noise_scheduler()
+    unet_dir = ckpt / "unet"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        unet = MaskConditionedUNet(latent_channels=preset.latent_channels, channels=preset.unet_channels,
+                                   attention_levels=preset.unet_attention, norm_num_groups=preset.unet_norm_groups,
+                                   num_head_channels=preset.unet_head_channels, target="residual",
+                                   target_scale=target_scale)
+    if state["unet"] > 0:
+        unet = MaskConditionedUNet.from_pretrained(unet_dir, use_safetensors=True)
+    ema = EMAModel(unet.parameters(), decay=preset.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
+                   power=3 / 4)
+    if state["unet"] > 0:
+        ema.load_state_dict(_load_state(ckpt / "unet_ema.pt"))
+    t_unet = time.time()
+    if state["unet"] < preset.unet_epochs:
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=preset.unet_lr)
+        if state["unet"] > 0:
+            optimizer.load_state_dict(_load_state(ckpt / "unet_optimizer.pt"))
+        model, optimizer = accelerator.prepare(unet, optimizer)
+        ema.to(accelerator.device)
+        x0_all, cond_all, mask_all = (x0_of(train_cache), train_cache["normal"] * scaling_factor,
+                                      train_cache["mask"])
+        timesteps_n = ddpm.config.num_train_timesteps
+        bar = tqdm(total=preset.unet_epochs * preset.unet_steps_per_epoch, initial=state["unet"] *
+                   preset.unet_steps_per_epoch, desc="diffusion unet", unit="step", disable=not (progress and main))
+        for epoch in range(state["unet"], preset.unet_epochs):
+            rng = _epoch_rng(seed, "unet", epoch, accelerator.process_index)
+            gen = _torch_generator(seed, "unet", epoch, accelerator.process_index)
+            model.train()
+            start, losses = time.time(), []
+            for _ in range(preset.unet_steps_per_epoch):
+                idx = torch.from_numpy(rng.integers(0, len(x0_all), preset.unet_batch))
+                x0, cond, m = (t[idx].to(accelerator.device) for t in (x0_all, cond_all, mask_all))
+                noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
+                t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
+                eps = model(ddpm.add_noise(x0, noise, t), t, cond, m)
+                loss = F.mse_loss(eps, noise)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                ema.step(accelerator.unwrap_model(model).parameters())
+                losses.append(float(loss.detach()))
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            raw = accelerator.unwrap_model(model)
+            ema.store(raw.parameters())
+            ema.copy_to(raw.parameters())
+            val = _unet_validation(raw, ddpm, x0_of(val_cache), val_cache["normal"] * scaling_factor,
+                                   val_cache["mask"], accelerator.device, seed)
+            ema.restore(raw.parameters())
+            state["unet"] = epoch + 1
+            if main:
+                raw.save_pretrained(unet_dir, safe_serialization=True)
+                _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
+                _save_state(ckpt / "unet_ema.pt", ema.state_dict())
+                _atomic_json(progress_path, state)
+                log.write(stage="unet", epoch=epoch + 1, steps=(epoch + 1) * preset.unet_steps_per_epoch,
+                          train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
+            accelerator.wait_for_everyone()
+        bar.close()
+        unet = accelerator.unwrap_model(model)
+        accelerator.free_memory()
+        del model, optimizer
+    unet_seconds = time.time() - t_unet
+    ema.copy_to(unet.parameters())  # the bundle ships the EMA weights
+    unet = unet.cpu().eval()
+    ae = ae.cpu().eval()
+
+    # ---- bundle + previews ----------------------------------------------------------------------------------
+    if main:
+        training = {"preset": name, "seed": seed, "cases": names, "validation_cases": [c.name for c in val_cases],
+                    "autoencoder_epochs": preset.ae_epochs, "unet_epochs": preset.unet_epochs,
+                    "seconds": {"prepare": round(prep_seconds, 1), "autoencoder": round(ae_seconds, 1),
+                                "latent_cache": round(cache_seconds, 1), "unet": round(unet_seconds, 1)},
+                    "latent_rois": int(len(train_cache["target"])), "device": str(accelerator.device)}
+        save_bundle(out_dir, autoencoder=ae, unet=unet, scheduler=ddim, phases=phases, roi=preset.roi,
+                    intensity_window_hu=preset.intensity_window_hu, blend_margin_mm=preset.blend_margin_mm,
+                    ddim_steps=preset.ddim_steps, mask_distribution=distribution, training=training)
+        _write_previews(out_dir, val_rois[:4], phases, preset.intensity_window_hu, seed)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _ae_batch(cases: list[_Case], rng: np.random.Generator, preset: Preset, jitter: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Autoencoder patches (B, C, p, p, p) and L1 weights (B, 1, p, p, p)."""
+    patch, images, weights = preset.ae_patch_vox, [], []
+    for _ in range(preset.ae_batch):
+        case = cases[rng.integers(len(cases))]
+        centre = _sample_centre(case, rng, jitter, preset.tumor_free_fraction)
+        source = case.target if rng.random() < preset.ae_target_fraction else case.normal
+        crop, tumor = _crop(source, centre, patch), _crop(case.tumor, centre, patch)[None]
+        for axis in np.flatnonzero(rng.random(3) < 0.5):
+            crop, tumor = np.flip(crop, axis + 1), np.flip(tumor, axis + 1)
+        images.append(crop)
+        weights.append(1.0 + preset.ae_tumor_weight * tumor)
+    return np.ascontiguousarray(np.stack(images), np.float32), np.ascontiguousarray(np.stack(weights), np.float32)
+
+
+@torch.no_grad()
+def _ae_validation(ae: ROIAutoencoderKL, images: torch.Tensor, device) -> float:
+    ae.eval()
+    losses = [F.l1_loss(ae.decode(ae.encode(x.to(device)).mode()), x.to(device)).item()
+              for x in images.split(8)]
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, seed: int) -> float:
+    """Epsilon MSE at 8 fixed timesteps with fixed noise, so epochs are comparable."""
+    unet.eval()
+    gen = torch.Generator("cpu").manual_seed(seed + 12345)
+    losses = []
+    for t_value in np.linspace(0, ddpm.config.num_train_timesteps - 1, 8).astype(int):
+        for chunk in torch.arange(len(x0)).split(32):
+            noise = torch.randn(x0[chunk].shape, generator=gen)
+            t = torch.full((len(chunk),), int(t_value))
+            xt = ddpm.add_noise(x0[chunk], noise, t)
+            eps = unet(xt.to(device), t.to(device), cond[chunk].to(device), mask[chunk].to(device))
+            losses.append(F.mse_loss(eps.cpu(), noise).item() * len(chunk))
+    return float(np.sum(losses) / (8 * len(x0)))
+
+
+@torch.no_grad()
+def _latent_cache(ae: ROIAutoencoderKL, cases: list[_Case], rng: np.random.Generator, preset: Preset, size: int,
+                  jitter: int, device) -> dict[str, torch.Tensor]:
+    """Encode augmented ROI variants of every case: target/normal latents (posterior means, unscaled) and the
+    tumor mask average-pooled to the latent grid (all on the CPU)."""
+    ae.eval()
+    samples = []
+    for case in cases:
+        n_tumor = preset.latent_variants * len(case.tumor_centres)
+        n_free = max(int(round(n_tumor * preset.tumor_free_fraction / (1 - preset.tumor_free_fraction))),
+                     0 if n_tumor else preset.latent_variants)
+        centres = [c + rng.integers(-jitter, jitter + 1, 3) for c in case.tumor_centres
+                   for _ in range(preset.latent_variants)]
+        centres += [case.liver_idx[rng.integers(len(case.liver_idx))] for _ in range(n_free)]
+        samples += [_roi_sample(case, c, size, rng.random(3) < 0.5) for c in centres]
+    out = {"target": [], "normal": [], "mask": []}
+    f = ae.downsampling_factor
+    for i in range(0, len(samples), 16):
+        chunk = samples[i:i + 16]
+        for key, k in (("target", 0), ("normal", 1)):
+            x = torch.from_numpy(np.stack([s[k] for s in chunk])).to(device)
+            out[key].append(ae.encode(x).mode().cpu())
+        out["mask"].append(F.avg_pool3d(torch.from_numpy(np.stack([s[2] for s in chunk])), f))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _write_previews(out_dir: Path, val_cache_rois: list, phases, window, seed: int) -> None:
+    """PNG of validation ROIs (centre axial slice): normal | synthetic | real per phase, tumor mask contour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .pipeline import Synthesizer
+
+    if not val_cache_rois:
+        return
+    synth = Synthesizer.from_bundle(out_dir, "cpu")
+    normal = np.stack([r[1] for r in val_cache_rois])
+    mask = np.stack([r[2] for r in val_cache_rois])
+    # what the Synthesizer paints: the normal ROI plus the decoded change, inside the mask
+    change = synth.synthesize_rois(normal, mask, seed, output_type="difference")
+    synthetic = normal + change * np.clip(mask * 2.0, 0.0, 1.0)
+    rows, cols = len(val_cache_rois), 3 * len(phases)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows + 0.4), squeeze=False)
+    z = normal.shape[2] // 2
+    for r, (real, _, m) in enumerate(val_cache_rois):
+        for c, phase in enumerate(phases):
+            for k, (title, img) in enumerate((("normal", normal[r, c]), ("synthetic", synthetic[r, c]),
+                                               ("real", real[c]))):
+                ax = axes[r, 3 * c + k]
+                ax.imshow(denormalize_hu(img[z], window), cmap="gray", vmin=-150, vmax=250)
+                if m[0, z].max() > 0.5 > m[0, z].min():
+                    ax.contour(m[0, z] > 0.5, levels=[0.5], colors="red", linewidths=0.5)
+                ax.set_axis_off()
+                if r == 0:
+                    ax.set_title(f"{phase} {title}", fontsize=7)
+    fig.suptitle("validation ROIs: normal input | synthetic (real mask) | real (window L50/W400)", fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "training" / "preview.png"
+    fig.savefig(path.with_name(".preview.png"), dpi=100, format="png")
+    plt.close(fig)
+    os.replace(path.with_name(".preview.png"), path)

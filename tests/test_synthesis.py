@@ -1,0 +1,302 @@
+"""Stage 3 (tumor synthesis): ROI resampling, feathered blending, bundle I/O and the Synthesizer, on a tiny bundle
+trained for one epoch on two phantom cases (through the CLI, from an nnU-Net raw dataset)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import load_file
+from scipy import ndimage
+
+from nnunetv2_diff4mm.cli import synthesize as synthesize_cli
+from nnunetv2_diff4mm.cli import train_synthesizer as train_cli
+from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case
+from registration.image_io import write_image_atomic
+from synthesis.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
+from synthesis.dataset_io import load_case
+from synthesis.pipeline import Synthesizer
+from synthesis.roi import ROISpec, add_change, blend, extract_roi, feather_weight, roi_box, roi_to_case
+
+
+def _write_phantom_dataset(folder, n_cases, normal=True):
+    """Phantom ground-truth aligned phases as imagesTr; normal CT = tumor voxels -> liver median + noise."""
+    for sub in ("imagesTr", "labelsTr", "diff4mm/normal/imagesTr", "diff4mm/normal/labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_cases):
+        case = generate_case(PhantomConfig(seed=3), "train", i)
+        label = case.ground_truth["label"]
+        lab = sitk.GetArrayFromImage(label)
+        fill = ndimage.binary_dilation(lab == 2)
+        rng = np.random.default_rng(i)
+        for k, phase in enumerate(PHASES):
+            aligned = case.ground_truth[f"{phase}_aligned"]
+            write_image_atomic(aligned, folder / "imagesTr" / f"{case.name}_{k:04d}.nii.gz")
+            if normal:
+                a = sitk.GetArrayFromImage(aligned).astype(np.float32)
+                a[fill] = np.median(a[lab == 1]) + 10 * rng.standard_normal(int(fill.sum()))
+                out = sitk.GetImageFromArray(np.rint(a).astype(np.int16))
+                out.CopyInformation(aligned)
+                write_image_atomic(out, folder / "diff4mm/normal/imagesTr" / f"{case.name}_{k:04d}.nii.gz")
+        write_image_atomic(label, folder / "labelsTr" / f"{case.name}.nii.gz")
+        if normal:
+            write_image_atomic(sitk.Cast(label > 0, sitk.sitkUInt8),
+                               folder / "diff4mm/normal/labelsTr" / f"{case.name}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {str(k): "CT" for k in range(4)}, "labels": {"background": 0, "liver": 1, "tumor": 2},
+        "numTraining": n_cases, "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES), "reference": "PVP"}}))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """pytest -n 2 on 2 cores: one intra-op thread per worker (oversubscribed OpenMP threads spin, ~9x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnUNet_raw")
+    _write_phantom_dataset(root / "Dataset990_SynTest", 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bundle(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("nnUNet_raw", str(raw))
+        assert train_cli.main(["-d", "990", "-o", str(out), "--preset", "tiny", "--epochs", "1",
+                               "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(raw):
+    target, normal, label, liver = load_case(raw / "Dataset990_SynTest", "case_000")
+    normal_hu = np.stack([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in PHASES])
+    return normal_hu, label.GetSpacing(), sitk.GetArrayFromImage(liver) > 0
+
+
+# ---- ROI geometry (no model) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.5), (3.0, 3.0, 5.0)])
+def test_roi_resampling_round_trips_and_keeps_physical_scale(spacing):
+    spec = ROISpec(32, 3.0)
+    shape = [int(200 / s) for s in spacing[::-1]]
+    zz, yy, xx = (np.arange(n) * s for n, s in zip(shape, spacing[::-1]))
+    Z, Y, X = np.meshgrid(zz, yy, xx, indexing="ij")
+    centre_mm = np.array([100.0, 100.0, 100.0])
+    volume = (50 * np.sin(Z / 15) + 40 * np.cos(Y / 11) + 30 * np.sin(X / 13)).astype(np.float32)
+    sphere = ((Z - 100) ** 2 + (Y - 100) ** 2 + (X - 100) ** 2 < 15.0 ** 2).astype(np.float32)
+    centre = centre_mm / np.asarray(spacing[::-1])
+    roi = extract_roi(np.stack([volume, sphere]), spacing, centre, spec)
+    assert roi.shape == (2, 32, 32, 32)
+    # a 30 mm sphere covers the same number of ROI voxels whatever the scan's voxel size
+    assert roi[1].sum() * 27.0 == pytest.approx(4 / 3 * np.pi * 15.0 ** 3, rel=0.08)
+    box = roi_box(volume.shape, spacing, centre, spec)
+    back = roi_to_case(roi[0], spacing, centre, spec, box)
+    err = np.abs(back - volume[box])
+    assert err.mean() < 1.5 and err.max() < 6.0  # smooth field, values +-120: linear interpolation error only
+
+
+def test_feathered_blend_leaves_everything_outside_the_margin_untouched():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[8:12, 8:12, 8:12] = True
+    w = feather_weight(mask, (2.0, 2.0, 2.0), margin_mm=4.0)
+    assert (w[mask] == 1).all() and w[0, 0, 0] == 0
+    assert w[10, 10, 12] == 0.5 and w[10, 10, 13] == 0  # 2 mm from the mask: 0.5; 4 mm: 0
+    normal = np.random.default_rng(0).normal(size=(2, 20, 20, 20)).astype(np.float32)
+    out = normal.copy()
+    box = (slice(2, 18),) * 3
+    blend(out, np.full((2, 16, 16, 16), 100.0, np.float32), w[box], box)
+    assert np.array_equal(out[:, w == 0], normal[:, w == 0])
+    assert np.all(out[:, mask] == 100.0)
+    out = normal.copy()
+    add_change(out, np.full((2, 16, 16, 16), -30.0, np.float32), w[box], box)
+    assert np.array_equal(out[:, w == 0], normal[:, w == 0])
+    assert np.allclose(out[:, mask], normal[:, mask] - 30.0)
+
+
+# ---- bundle -----------------------------------------------------------------------------------------------------
+
+def test_bundle_holds_only_safetensors_and_reloads_bit_identically(bundle, tmp_path, monkeypatch):
+    weights = [p for p in bundle.rglob("*") if p.is_file() and p.parent.name in ("autoencoder", "unet", "scheduler")]
+    assert {p.suffix for p in weights} == {".json", ".safetensors"}
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("torch.load (pickle) used to load a bundle")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = load_bundle(bundle)
+    for name in ("autoencoder", "unet"):
+        stored = load_file(bundle / name / "diffusion_pytorch_model.safetensors")
+        state = getattr(loaded, name).state_dict()
+        assert stored.keys() == state.keys()
+        assert all(torch.equal(stored[k], state[k]) for k in stored)
+    copy = save_bundle(tmp_path / "copy", autoencoder=loaded.autoencoder, unet=loaded.unet,
+                       scheduler=loaded.scheduler, phases=loaded.phases, roi=loaded.roi,
+                       intensity_window_hu=loaded.intensity_window_hu, blend_margin_mm=loaded.blend_margin_mm,
+                       ddim_steps=loaded.ddim_steps, mask_distribution=loaded.mask_distribution)
+    again = load_bundle(copy)
+    weight_hashes = {k: v for k, v in json.loads((copy / BUNDLE_JSON).read_text())["files"].items()
+                     if k.endswith(".safetensors")}
+    assert weight_hashes == {k: v for k, v in loaded.info["files"].items() if k.endswith(".safetensors")}
+    for name in ("autoencoder", "unet"):
+        a, b = getattr(loaded, name).state_dict(), getattr(again, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert again.mask_distribution == loaded.mask_distribution
+
+
+def test_corrupted_or_incomplete_bundle_raises_one_clear_line(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 mismatch") as err:
+        load_bundle(broken)
+    assert str(weights) in str(err.value) and "\n" not in str(err.value)
+
+    weights.unlink()
+    with pytest.raises(BundleError, match="missing file"):
+        load_bundle(broken)
+    shutil.rmtree(broken / "scheduler")
+    with pytest.raises(BundleError, match="scheduler: missing folder"):
+        load_bundle(broken)
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        load_bundle(tmp_path / "nowhere")
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    config = json.loads((old / BUNDLE_JSON).read_text())
+    config["format_version"] = 0
+    (old / BUNDLE_JSON).write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="format_version 0"):
+        load_bundle(old)
+
+
+def test_phase_mismatch_names_both_phase_lists(bundle):
+    loaded = load_bundle(bundle)
+    with pytest.raises(BundleError) as err:
+        loaded.check_phases(["AP", "PVP"])
+    assert "['NC', 'AP', 'PVP', 'DELAY']" in str(err.value) and "['AP', 'PVP']" in str(err.value)
+
+
+def test_finished_training_is_not_repeated_and_other_settings_are_refused(bundle, raw, monkeypatch):
+    from synthesis.training import train_synthesizer
+
+    before = {p: p.stat().st_mtime_ns for p in bundle.rglob("*") if p.is_file()}
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    assert train_cli.main(["-d", "Dataset990_SynTest", "-o", str(bundle), "--preset", "tiny", "--epochs", "1",
+                           "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in bundle.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match="other settings"):
+        train_synthesizer([None], bundle, preset="tiny", epochs=1, seed=5, device="cpu")
+
+
+# ---- Synthesizer ------------------------------------------------------------------------------------------------
+
+def test_sampling_is_reproducible_for_a_seed_and_differs_between_seeds(bundle, case):
+    synth = Synthesizer.from_bundle(bundle)
+    normal, spacing, liver = case
+    a = synth(normal, spacing, liver, np.random.default_rng(1))
+    b = synth(normal, spacing, liver, np.random.default_rng(1))
+    c = synth(normal, spacing, liver, np.random.default_rng(2))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    image, label = a
+    assert image.dtype == np.float32 and label.dtype == np.uint8 and image.shape == normal.shape
+    assert (label == 2).any() and not ((label == 2) & ~liver).any()
+    assert np.array_equal(label > 0, liver | (label == 2))
+
+
+def test_output_is_the_normal_ct_outside_the_blend_region_and_label_is_the_mask(bundle, case):
+    synth = Synthesizer.from_bundle(bundle)
+    normal, spacing, liver = case
+    mask = synth.random_mask(liver, spacing, np.random.default_rng(4))
+    image, label = synth(normal, spacing, liver, np.random.default_rng(4), mask=mask)
+    assert np.array_equal(label == 2, mask)
+    assert np.array_equal(label == 1, liver & ~mask)
+    margin = synth.bundle.blend_margin_mm
+    dist = ndimage.distance_transform_edt(~mask, sampling=np.asarray(spacing)[::-1])
+    outside = dist >= margin
+    assert np.array_equal(image[:, outside], normal[:, outside])
+    assert not np.array_equal(image[:, mask], normal[:, mask])
+    empty = synth(normal, spacing, liver, np.random.default_rng(0), mask=np.zeros_like(mask))
+    assert np.array_equal(empty[0], normal) and np.array_equal(empty[1], liver.astype(np.uint8))
+    with pytest.raises(ValueError, match="phases"):
+        synth(normal[:2], spacing, liver, np.random.default_rng(0))
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------
+
+def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    out = tmp_path / "syn"
+    assert synthesize_cli.main([str(bundle), "-d", "990", "-n", "3", "-o", str(out), "--seed", "1",
+                                "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [f"syn_{i:04d}.nii.gz" for i in range(3)]
+    assert len(list((out / "imagesTr").iterdir())) == 12 and len(list((out / "montages").glob("*.png"))) == 3
+    dataset = json.loads((out / "dataset.json").read_text())
+    assert dataset["numTraining"] == 3 and dataset["diff4mm"]["phases"] == list(PHASES)
+    lab = sitk.ReadImage(str(out / "labelsTr" / "syn_0000.nii.gz"))
+    img = sitk.ReadImage(str(out / "imagesTr" / "syn_0000_0002.nii.gz"))
+    assert lab.GetSize() == img.GetSize() and set(np.unique(sitk.GetArrayFromImage(lab))) == {0, 1, 2}
+
+    other = raw / "Dataset991_NoNormal"
+    (other / "labelsTr").mkdir(parents=True)
+    shutil.copy(raw / "Dataset990_SynTest" / "dataset.json", other / "dataset.json")
+    shutil.copy(raw / "Dataset990_SynTest" / "labelsTr" / "case_000.nii.gz", other / "labelsTr")
+    capsys.readouterr()
+    assert synthesize_cli.main([str(bundle), "-d", "991", "-n", "1", "-o", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("diff4mm_synthesize: error: ") and "diff4mm_inpaint" in err and err.count("\n") == 1
+
+    phases = json.loads((other / "dataset.json").read_text())
+    phases["diff4mm"]["phases"] = ["AP", "PVP"]
+    (other / "dataset.json").write_text(json.dumps(phases))
+    assert synthesize_cli.main([str(bundle), "-d", "991", "-n", "1", "-o", str(tmp_path / "y")]) == 1
+    assert "['AP', 'PVP']" in capsys.readouterr().err
+    assert synthesize_cli.main([str(tmp_path / "nobundle"), "-d", "990", "-n", "1", "-o", str(tmp_path / "z")]) == 1
+    assert "no such bundle folder" in capsys.readouterr().err
+    assert train_cli.main(["-d", "777", "-o", str(tmp_path / "b")]) == 1
+    assert "no dataset '777'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeypatch):
+    import synthesis.training as training
+    from synthesis.dataset_io import load_training_cases
+
+    names, cases = load_training_cases(raw / "Dataset990_SynTest")
+    kwargs = dict(preset="tiny", epochs=2, device="cpu", progress=False, case_names=names)
+    reference = training.train_synthesizer(cases, tmp_path / "straight", **kwargs)
+
+    real_validation, calls = training._unet_validation, []
+
+    def crash_in_second_epoch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_validation(*args, **kw)
+
+    monkeypatch.setattr(training, "_unet_validation", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
+    assert json.loads((tmp_path / "resumed/training/progress.json").read_text()) == {"autoencoder": 2, "unet": 1}
+    monkeypatch.setattr(training, "_unet_validation", real_validation)
+    training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
+    log = (tmp_path / "resumed/training/log.csv").read_text().splitlines()
+    assert [row.split(",")[:2] for row in log[1:]] == [["autoencoder", "1"], ["autoencoder", "2"], ["unet", "1"],
+                                                        ["unet", "2"]]
+    a, b = load_bundle(reference), load_bundle(tmp_path / "resumed")
+    for name in ("autoencoder", "unet"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
