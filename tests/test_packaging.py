@@ -40,3 +40,14 @@ def test_user_trainer_paths_are_kept():
     out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['nnUNet_extTrainer'])"],
                          capture_output=True, text=True, env=env, cwd="/").stdout.strip()
     assert out.split(os.pathsep)[0] == "/my/trainers" and out.endswith("nnunet_trainers")
+
+
+def test_trainer_variants_keep_nnunets_constructor_signature():
+    """nnUNetTrainer records its init arguments by parameter name: *args/**kwargs would crash nnUNetv2_train."""
+    import inspect
+
+    from nnunetv2_diff4mm.nnunet_trainers import diff4mm_trainers
+
+    for name in diff4mm_trainers.__all__:
+        params = inspect.signature(getattr(diff4mm_trainers, name).__init__).parameters
+        assert list(params)[:6] == ["self", "plans", "configuration", "fold", "dataset_json", "device"], name

@@ -1,7 +1,9 @@
 """Trainer classes nnU-Net finds by name (`-tr NAME`) through `nnUNet_extTrainer` (see nnunet_hook.py).
 
-One behaviour change per class, named after what it changes, as nnU-Net's own variants are.
+One behaviour change per class, named after what it changes, as nnU-Net's own variants are. Constructors spell
+out nnU-Net's signature: nnUNetTrainer records its init arguments by parameter name (no *args/**kwargs).
 """
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer
@@ -22,8 +24,9 @@ class Diff4MMTrainer_noSynthesis(Diff4MMTrainer):
 
 
 class Diff4MMTrainer_250epochs(Diff4MMTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 250
 
 
@@ -37,16 +40,18 @@ def _use_demo_schedule(trainer) -> None:
 class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
     """nnUNetTrainer on the demo's short CPU schedule (baseline arm)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         _use_demo_schedule(self)
 
 
 class Diff4MMTrainer_Demo(Diff4MMTrainer):
     """Diff4MMTrainer on exactly nnUNetTrainer_Diff4MMDemo's schedule."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         _use_demo_schedule(self)
 
 

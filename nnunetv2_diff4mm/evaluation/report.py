@@ -1,0 +1,301 @@
+"""The benchmark report: per_case.csv, summary.md (tables of mean ± std, paired differences, data efficiency,
+time) and PNG plots, from rows of `metrics.evaluate_case` tagged with method, fraction and fold.
+
+Methods are passed as an ordered {method: label} mapping and comparisons as (x, y) method pairs, so this module
+knows nothing about which arms a benchmark runs.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, mean_std, summarize
+
+ID_COLUMNS = ("method", "fraction", "fold", "case")
+COUNT_COLUMNS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred", "n_ref_tumors", "n_pred_tumors")
+CSV_COLUMNS = (*ID_COLUMNS, *METRICS, *COUNT_COLUMNS)
+METRIC_TITLES = {"liver_dice": "liver Dice", "liver_hd95_mm": "liver HD95 (mm)", "liver_nsd": "liver NSD",
+                 "tumor_dice": "tumor Dice", "tumor_hd95_mm": "tumor HD95 (mm)", "tumor_nsd": "tumor NSD"}
+BOXPLOT_PNG, EFFICIENCY_PNG = "dice_boxplots.png", "tumor_dice_vs_fraction.png"
+
+
+def _atomic_path(path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def write_csv(rows: Sequence[dict], path) -> Path:
+    """One line per row; NaN written as `nan`, fractions as %g."""
+    path = Path(path)
+    tmp = _atomic_path(path)
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{row[k]:g}" if k == "fraction" else
+                                 "nan" if isinstance(row[k], float) and math.isnan(row[k]) else row[k])
+                             for k in CSV_COLUMNS})
+    os.replace(tmp, path)
+    return path
+
+
+def read_csv(path) -> list[dict]:
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row = {"method": raw["method"], "fraction": float(raw["fraction"]), "fold": int(raw["fold"]),
+                   "case": raw["case"]}
+            row.update({k: float(raw[k]) for k in METRICS})
+            row.update({k: int(raw[k]) for k in COUNT_COLUMNS})
+            rows.append(row)
+    return rows
+
+
+def select(rows, method: str | None = None, fraction: float | None = None) -> list[dict]:
+    return [r for r in rows if (method is None or r["method"] == method)
+            and (fraction is None or math.isclose(r["fraction"], fraction))]
+
+
+def paired_differences(rows, method_x: str, method_y: str, fraction: float) -> dict[str, dict]:
+    """Per metric, mean ± std of (x − y) over the (fold, case) pairs both methods have at one fraction.
+    Pairs with a missing (NaN) value on either side are left out and counted in n_missing."""
+    xs = {(r["fold"], r["case"]): r for r in select(rows, method_x, fraction)}
+    ys = {(r["fold"], r["case"]): r for r in select(rows, method_y, fraction)}
+    keys = sorted(set(xs) & set(ys))
+    out = {}
+    for metric in METRICS:
+        mean, std, n, missing = mean_std([xs[k][metric] - ys[k][metric] for k in keys])
+        out[metric] = {"mean": mean, "std": std, "n": n, "n_missing": missing}
+    return out
+
+
+def _digits(metric: str) -> int:
+    return 1 if metric.endswith("_mm") else 3
+
+
+def format_mean_std(stats: Mapping, digits: int, signed: bool = False) -> str:
+    """'0.812 ± 0.034', with ' (k missing)' when values were NaN; 'n/a' without values."""
+    if stats["n"] == 0:
+        text = "n/a"
+    else:
+        std = "n/a" if math.isnan(stats["std"]) else f"{stats['std']:.{digits}f}"
+        text = f"{stats['mean']:{'+' if signed else ''}.{digits}f} ± {std}"
+    if stats.get("n_missing"):
+        text += f" ({stats['n_missing']} missing)"
+    return text
+
+
+def _ratio(value: float, num: int, den: int) -> str:
+    return "n/a" if den == 0 else f"{value:.3f} ({num}/{den})"
+
+
+def _ordered_methods(rows, methods: Mapping[str, str]) -> list[str]:
+    present = {r["method"] for r in rows}
+    return [m for m in methods if m in present] + sorted(present - set(methods))
+
+
+def _table(header: list[str], body: list[list[str]], numeric: bool = True) -> list[str]:
+    """Markdown table; all columns but the first right-aligned when numeric."""
+    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
+            *("| " + " | ".join(cells) + " |" for cells in body)]
+
+
+def short_label(methods: Mapping[str, str], method: str) -> str:
+    """The label's first word (labels start with a tag such as '(a)'), for plots and comparisons."""
+    return methods.get(method, method).split(" ")[0]
+
+
+def results_table(rows, fraction: float, methods: Mapping[str, str]) -> list[str]:
+    """Markdown: one line per method, mean ± std of every metric, pooled detection recall and precision."""
+    body = []
+    for method in _ordered_methods(rows, methods):
+        selected = select(rows, method, fraction)
+        if not selected:
+            continue
+        s = summarize(selected)
+        det = s["detection"]
+        body.append([methods.get(method, method), *(format_mean_std(s["metrics"][m], _digits(m)) for m in METRICS),
+                     _ratio(det["recall"], det["tp"], det["tp"] + det["fn"]),
+                     _ratio(det["precision"], det["tp_pred"], det["tp_pred"] + det["fp"]), str(s["n_cases"])])
+    return _table(["method", *(METRIC_TITLES[m] for m in METRICS), "tumor recall", "tumor precision", "rows"], body)
+
+
+def differences_table(rows, fraction: float, methods: Mapping[str, str],
+                      pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Markdown: one line per (x, y) pair present in rows, mean ± std of the paired per-case difference x − y."""
+    present = {r["method"] for r in select(rows, fraction=fraction)}
+    body = []
+    for x, y in pairs:
+        if x in present and y in present:
+            diff = paired_differences(rows, x, y, fraction)
+            n_pairs = max(d["n"] + d["n_missing"] for d in diff.values())
+            body.append([f"{short_label(methods, x)} − {short_label(methods, y)}",
+                         *(format_mean_std(diff[m], _digits(m), signed=True) for m in METRICS), str(n_pairs)])
+    return _table(["comparison", *(METRIC_TITLES[m] for m in METRICS), "pairs"], body) if body else []
+
+
+def data_efficiency_table(rows, fractions: Sequence[float], methods: Mapping[str, str]) -> list[str]:
+    body = []
+    for method in _ordered_methods(rows, methods):
+        cells = []
+        for f in fractions:
+            mean, std, n, missing = mean_std([r["tumor_dice"] for r in select(rows, method, f)])
+            cells.append(format_mean_std({"mean": mean, "std": std, "n": n, "n_missing": missing}, 3))
+        body.append([methods.get(method, method), *cells])
+    return _table(["method", *(f"fraction {f:g}" for f in fractions)], body)
+
+
+def timing_table(timings: Mapping[str, Mapping], methods: Mapping[str, str]) -> list[str]:
+    """Markdown: seconds per run ('<method>/frac<f>/fold<k>' keys) and totals per method."""
+    body, totals, unknown = [], {}, set()
+    for key in sorted(timings):
+        t = timings[key]
+        cells = [key, str(t.get("nnunet_fold", ""))]
+        for what in ("train", "predict"):
+            seconds = t.get(f"{what}_s")
+            cell = "reused (time unknown)" if seconds is None else f"{seconds:.0f}"
+            if seconds is not None and t.get(f"{what}_status") == "reused":
+                cell += " (earlier run)"
+            cells.append(cell)
+        body.append(cells)
+        method = key.split("/")[0]
+        total = totals.setdefault(method, [0.0, 0.0])
+        for i, what in enumerate(("train", "predict")):
+            if t.get(f"{what}_s") is None:
+                unknown.add((method, i))
+            total[i] += t.get(f"{what}_s") or 0.0
+    lines = _table(["run", "nnU-Net fold", "training (s)", "prediction (s)"], body)
+    totals_body = [[methods.get(m, m), *(f"{v[i]:.0f}" + (" + reused runs of unknown time" if (m, i) in unknown
+                                                          else "") for i in (0, 1))] for m, v in totals.items()]
+    return lines + [""] + _table(["method", "training total (s)", "prediction total (s)"], totals_body)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = _atomic_path(path)
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_dice_boxplots(rows, fraction: float, path, methods: Mapping[str, str]) -> Path:
+    """Box plots (means as triangles, individual values as dots) of liver and tumor Dice per method."""
+    plt = _pyplot()
+    names = [m for m in _ordered_methods(rows, methods) if select(rows, m, fraction)]
+    fig, axes = plt.subplots(1, 2, figsize=(4.0 + 1.6 * len(names), 4.4), squeeze=False)
+    for ax, metric in zip(axes[0], ("liver_dice", "tumor_dice")):
+        data = [[r[metric] for r in select(rows, m, fraction)] for m in names]
+        ax.boxplot(data, showmeans=True)
+        for i, values in enumerate(data, start=1):
+            offsets = np.linspace(-0.08, 0.08, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(offsets + i, values, s=12, alpha=0.6, color="black", zorder=3)
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels([short_label(methods, m) for m in names])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{METRIC_TITLES[metric]}, labelled fraction {fraction:g}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("\n".join(methods.get(m, m) for m in names), fontsize=7)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_data_efficiency(rows, fractions: Sequence[float], path, methods: Mapping[str, str],
+                         n_train: Mapping[float, int] | None = None) -> Path:
+    """Tumor Dice (mean ± std over test cases and folds) against the labelled fraction, one line per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    names = _ordered_methods(rows, methods)
+    dodge = 0.008 * (max(fractions) - min(fractions) or 1.0)  # keep error bars of one fraction apart
+    for i, method in enumerate(names):
+        xs, means, stds = [], [], []
+        for f in fractions:
+            mean, std, n, _ = mean_std([r["tumor_dice"] for r in select(rows, method, f)])
+            if n:
+                xs.append(f + dodge * (i - (len(names) - 1) / 2))
+                means.append(mean)
+                stds.append(0.0 if math.isnan(std) else std)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=methods.get(method, method))
+    ax.set_xticks(list(fractions))
+    ax.set_xticklabels([f"{f:g}" + (f"\n({n_train[f]} cases)" if n_train and f in n_train else "")
+                        for f in fractions], fontsize=8)
+    ax.set_xlabel("labelled fraction of the training cases")
+    ax.set_ylabel("tumor Dice on the test set")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str, str]] = (),
+                     settings: Mapping[str, str] | None = None, timings: Mapping | None = None,
+                     figures: Sequence[str] = (), warnings: Sequence[str] = (), title: str = "Benchmark",
+                     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> str:
+    fractions = sorted({r["fraction"] for r in rows}, reverse=True)
+    lines = [f"# {title}", ""]
+    if settings:
+        lines += _table(["setting", "value"], [[k, str(v)] for k, v in settings.items()], numeric=False) + [""]
+    lines += [f"Per case and structure (liver = labels 1+2, tumor = label 2): Dice, HD95 in mm, NSD at "
+              f"{nsd_tolerance_mm:g} mm. Both masks empty: Dice 1, HD95 0, NSD 1; exactly one empty: Dice 0, "
+              "NSD 0, HD95 missing (left out of its mean, counted). Tumor detection: 26-connected components; a "
+              "reference tumor is detected when a predicted component overlaps it by >= 1 voxel; recall and "
+              "precision are pooled over all rows (numerator/denominator in brackets). Values are mean ± sample "
+              "std over test cases x folds.", ""]
+    for f in fractions:
+        lines += [f"## Labelled fraction {f:g}", "", *results_table(rows, f, methods), ""]
+        diff = differences_table(rows, f, methods, pairs)
+        if diff:
+            lines += [f"Paired differences at fraction {f:g} (same test case and fold; mean ± std of the per-case "
+                      "difference; for HD95 negative is better):", "", *diff, ""]
+    if len(fractions) > 1:
+        lines += ["## Data efficiency: tumor Dice by labelled fraction", "",
+                  *data_efficiency_table(rows, sorted(fractions), methods), ""]
+    if timings:
+        lines += ["## Time", "", *timing_table(timings, methods), ""]
+    if figures:
+        lines += ["## Figures", "", *(f"![{Path(p).stem}]({p})" for p in figures), ""]
+    if warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    return "\n".join(lines)
+
+
+def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tuple[str, str]] = (),
+                 settings: Mapping[str, str] | None = None, timings: Mapping | None = None,
+                 warnings: Sequence[str] = (), n_train: Mapping[float, int] | None = None,
+                 title: str = "Benchmark", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Path:
+    """per_case.csv, the two PNG plots and summary.md in out_dir; returns the summary.md path.
+
+    The box plots show labelled fraction 1 (else the largest fraction present)."""
+    if not rows:
+        raise ValueError("no evaluated rows to report")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out_dir / "per_case.csv")
+    fractions = sorted({r["fraction"] for r in rows})
+    box_fraction = 1.0 if any(math.isclose(f, 1.0) for f in fractions) else fractions[-1]
+    plot_dice_boxplots(rows, box_fraction, out_dir / BOXPLOT_PNG, methods)
+    plot_data_efficiency(rows, fractions, out_dir / EFFICIENCY_PNG, methods, n_train)
+    summary = out_dir / "summary.md"
+    tmp = _atomic_path(summary)
+    tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, (BOXPLOT_PNG, EFFICIENCY_PNG), warnings,
+                                    title, nsd_tolerance_mm))
+    os.replace(tmp, summary)
+    return summary
