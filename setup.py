@@ -1,5 +1,22 @@
 """nnunetv2-diff4mm: Diff4MMLiTS-style multi-phase liver tumor synthesis as an nnU-Net v2 plugin."""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+PTH_FILE = "nnunetv2_diff4mm.pth"  # imports nnunetv2_diff4mm.nnunet_hook at start-up: nnU-Net finds our trainers
+
+
+class BuildPyWithPth(build_py):
+    """Also place the .pth start-up hook at the root of site-packages (regular and editable installs)."""
+
+    def run(self):
+        super().run()
+        self.copy_file(PTH_FILE, os.path.join(self.build_lib, PTH_FILE))
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_FILE)]
+
 
 setup(
     name="nnunetv2-diff4mm",
@@ -11,6 +28,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    cmdclass={"build_py": BuildPyWithPth},
     packages=find_packages(include=["nnunetv2_diff4mm*", "synthesis*", "registration*"]),
     install_requires=[
         # torch: never newer than 2.14.1 (the newest release this project is tested with)
@@ -42,6 +60,12 @@ setup(
             "diff4mm_montage=nnunetv2_diff4mm.cli.montage:main",
             "diff4mm_demo=nnunetv2_diff4mm.cli.demo:main",
             "diff4mm_register=nnunetv2_diff4mm.cli.register:main",
+            "diff4mm_benchmark=nnunetv2_diff4mm.cli.benchmark:main",
+            "diff4mm_plan_cpu=nnunetv2_diff4mm.cli.plan_cpu:main",
+            "diff4mm_synthesize=nnunetv2_diff4mm.cli.synthesize:main",
+            "diff4mm_train_synthesizer=nnunetv2_diff4mm.cli.train_synthesizer:main",
+            "diff4mm_inpaint=nnunetv2_diff4mm.cli.inpaint:main",
+            "diff4mm_train_inpainter=nnunetv2_diff4mm.cli.train_inpainter:main",
         ],
     },
 )

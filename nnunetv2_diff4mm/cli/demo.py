@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed, help=f"phantom seed (default {d.seed})")
     parser.add_argument("--spacing", type=float, nargs=3, default=d.spacing, metavar=("X", "Y", "Z"),
                         help="reference-phase voxel size of the phantom in mm (default 3 3 5: CPU-sized)")
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default=d.preset,
+                        help="cpu: CPU-sized models and nnU-Net plans, ~30 min on 2 cores (default); gpu: the "
+                             "larger model presets and nnU-Net's default plans and trainers")
+    parser.add_argument("--stop-after", choices=("QA montage", "registration", "normal CTs"), default=None,
+                        help="stop after this stage (quick looks); default: run everything")
     parser.add_argument("-np", "--num-processes", type=int, default=d.num_processes, metavar="N",
                         help=f"worker processes (default {d.num_processes})")
     return parser
@@ -35,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cases < 1 or args.test_cases < 0 or args.num_processes < 1 or min(args.spacing) <= 0:
         parser.error("need --cases >= 1, --test-cases >= 0, -np >= 1 and positive --spacing")
     settings = DemoSettings(Path(args.output), args.cases, args.test_cases, args.seed, tuple(args.spacing),
-                            args.num_processes)
+                            args.num_processes, args.preset, args.stop_after)
     report = run_demo(settings)
     print(f"report: {report}")
     return 0

@@ -1,0 +1,269 @@
+"""Benchmark of the normal-CT generator (stage 2) on the phantom, where the truth under every hole is known.
+
+    python benchmarks/inpainting.py                 # trains the default preset (a few CPU minutes), then tables
+    python benchmarks/inpainting.py --model DIR     # evaluate a trained inpainter (DIR from train_inpainter)
+
+Tables (per phase, all on ground-truth aligned phases, i.e. perfectly registered):
+1. dilation coverage: fraction of each phase's OWN tumor voxels, pulled onto the PVP grid through the true motion
+   (= perfect registration) or through the identity (= no registration), covered by the PVP tumor mask dilated
+   by r mm. Chooses the default dilation radius.
+2. healthy-liver holes: random lobulated blobs of tumor-free liver in held-out cases are hidden and filled by the
+   learned model and the classical fallbacks. MAE (HU) inside the holes, and texture realism = std of the fill /
+   std of the true tissue per hole (median over holes; a flat fill scores 0, goal 0.7-1.3).
+3. no tumor remains: real tumors of held-out cases inpainted (default dilation); mean HU inside the dilated
+   tumor masks (liver part) vs the healthy liver's mean +- 2 std of that phase.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nnunetv2_diff4mm.phantom import PHASES, REFERENCE_PHASE, PhantomConfig, generate_case  # noqa: E402
+from synthesis.inpainting import (CLASSICAL_METHODS, DEFAULT_DILATION_MM, fill_region, get_preset,  # noqa: E402
+                                  inpaint_case, load_inpainter, train_inpainter)
+from synthesis.masks import dilate_mask_mm, random_liver_blob_masks  # noqa: E402
+
+RADII_MM = (0, 3, 5, 8, 10, 15)
+HOLE_RADIUS_MM = (5.0, 20.0)
+HOLES_PER_CASE = 8
+MIN_HOLE_VOXELS = 30
+
+
+def _generate(args):
+    config, split, index = args
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    case = generate_case(config, split, index)
+    keep = {k: v for k, v in case.ground_truth.items()
+            if k.endswith("_aligned") or k.endswith("_label") or k.endswith("_displacement") or k == "label"}
+    return split, index, keep
+
+
+def generate(config: PhantomConfig, jobs, processes: int) -> dict:
+    out = {}
+    if processes > 1:
+        with mp.get_context("spawn").Pool(processes) as pool:
+            for split, index, truth in pool.imap_unordered(_generate, [(config, s, i) for s, i in jobs]):
+                out[(split, index)] = truth
+    else:
+        for s, i in jobs:
+            out[(s, i)] = _generate((config, s, i))[2]
+    return out
+
+
+def phases_of(truth: dict) -> dict[str, sitk.Image]:
+    return {p: truth[f"{p}_aligned"] for p in PHASES}
+
+
+def array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image)
+
+
+# ------------------------------------------------------------------------------------------ coverage
+
+
+def coverage_table(truths: list[dict]) -> dict:
+    """{(mode, phase): [covered fraction per radius]} pooled over cases."""
+    counts = {}
+    for truth in truths:
+        label = truth["label"]
+        dilated = {r: array(dilate_mask_mm(label == 2, r)) > 0 for r in RADII_MM}
+        for phase in PHASES:
+            own = truth[f"{phase}_label"]
+            if phase == REFERENCE_PHASE:
+                motion = sitk.Transform()
+            else:
+                field = sitk.Cast(truth[f"{phase}_displacement"], sitk.sitkVectorFloat64)
+                motion = sitk.DisplacementFieldTransform(field)
+            for mode, transform in (("perfect registration", motion), ("no registration", sitk.Transform())):
+                pulled = array(sitk.Resample(own, label, transform, sitk.sitkNearestNeighbor, 0)) == 2
+                row = counts.setdefault((mode, phase), np.zeros((len(RADII_MM), 2)))
+                for j, r in enumerate(RADII_MM):
+                    row[j] += ((pulled & dilated[r]).sum(), pulled.sum())
+    return {k: v[:, 0] / np.maximum(v[:, 1], 1) for k, v in counts.items()}
+
+
+# --------------------------------------------------------------------------------------------- holes
+
+
+def grain(image: np.ndarray) -> np.ndarray:
+    """Local high-frequency amplitude: RMS over 3x3x3 of (image - its 3x3x3 mean), as the texture loss sees it."""
+    high = image - ndimage.uniform_filter(image, 3)
+    return np.sqrt(np.maximum(ndimage.uniform_filter(high * high, 3), 0.0))  # rounding can dip below 0
+
+
+def hole_benchmark(truths: list[dict], methods: dict, seed: int, device: str) -> dict:
+    """{method: {phase: (mae, texture ratio, holes, grain ratio)}}; holes are blobs of tumor-free liver."""
+    rng = np.random.default_rng(seed)
+    errors = {m: {p: [] for p in PHASES} for m in methods}
+    ratios = {m: {p: [] for p in PHASES} for m in methods}
+    grains = {m: {p: [[], []] for p in PHASES} for m in methods}
+    timings = {m: 0.0 for m in methods}
+    for truth in truths:
+        label = truth["label"]
+        lab = array(label)
+        spacing_zyx = np.asarray(label.GetSpacing())[::-1]
+        tumor = lab == 2
+        far = ndimage.distance_transform_edt(~tumor, sampling=spacing_zyx) > 10 if tumor.any() else ~tumor
+        phases = phases_of(truth)
+        seen = np.all([array(img) > -200 for img in phases.values()], axis=0)  # inside every phase's view
+        healthy = (lab == 1) & far & seen
+        blobs = random_liver_blob_masks(healthy, label.GetSpacing(), rng, HOLES_PER_CASE, HOLE_RADIUS_MM)
+        region = sitk.GetImageFromArray((blobs > 0).astype(np.uint8))
+        region.CopyInformation(label)
+        seed_case = int(rng.integers(1 << 30))
+        for name, method in methods.items():
+            started = time.perf_counter()
+            filled = fill_region(phases, region, method, label=label, device=device, seed=seed_case)
+            timings[name] += time.perf_counter() - started
+            for phase in PHASES:
+                fill, true = array(filled[phase]).astype(float), array(phases[phase]).astype(float)
+                errors[name][phase].append(np.abs(fill - true)[blobs > 0])
+                interior = ndimage.binary_erosion(blobs > 0, np.ones((3, 3, 3)))  # 3^3 windows inside the hole
+                grains[name][phase][0].append(grain(fill)[interior])
+                grains[name][phase][1].append(grain(true)[interior])
+                for k in range(1, HOLES_PER_CASE + 1):
+                    hole = blobs == k
+                    if hole.sum() >= MIN_HOLE_VOXELS and true[hole].std() > 0:
+                        ratios[name][phase].append(fill[hole].std() / true[hole].std())
+    return {m: {p: (float(np.concatenate(errors[m][p]).mean()), float(np.median(ratios[m][p])),
+                    len(ratios[m][p]),
+                    float(np.concatenate(grains[m][p][0]).mean() / np.concatenate(grains[m][p][1]).mean()))
+                for p in PHASES} | {"_seconds": timings[m]} for m in methods}
+
+
+# -------------------------------------------------------------------------------------- tumor removal
+
+
+def removal_check(truths: list[dict], method, dilation_mm: float, device: str) -> dict:
+    """Per phase: mean HU inside the dilated tumors (liver part) before/after, and healthy mean +- 2 std."""
+    rows = {p: {"before": [], "after": [], "healthy": []} for p in PHASES}
+    for truth in truths:
+        label = truth["label"]
+        if not (array(label) == 2).any():
+            continue
+        phases = phases_of(truth)
+        normal, region, _ = inpaint_case(phases, label, method, dilation_mm, device)
+        lab, reg = array(label), array(region) > 0
+        seen = np.all([array(img) > -200 for img in phases.values()], axis=0)  # inside every phase's view
+        inside = reg & (lab > 0) & seen
+        core = ndimage.binary_erosion(lab == 1, iterations=1) & ~reg & seen  # away from partial volume
+        for p in PHASES:
+            before, after = array(phases[p]).astype(float), array(normal[p]).astype(float)
+            rows[p]["before"].append(before[inside])
+            rows[p]["after"].append(after[inside])
+            rows[p]["healthy"].append(before[core])
+    out = {}
+    for p, r in rows.items():
+        healthy = np.concatenate(r["healthy"])
+        out[p] = (float(np.concatenate(r["before"]).mean()), float(np.concatenate(r["after"]).mean()),
+                  float(healthy.mean()), float(healthy.std()))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="trained inpainter folder (skips training)")
+    parser.add_argument("--out", help="where to train the model (default: a temporary folder)")
+    parser.add_argument("--train-cases", type=int, default=8)
+    parser.add_argument("--test-cases", type=int, default=6)
+    parser.add_argument("--coverage-cases", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 5.0), help="phantom PVP voxel size")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dilation-mm", type=float, default=DEFAULT_DILATION_MM)
+    parser.add_argument("-np", "--processes", type=int, default=2)
+    parser.add_argument("--skip-coverage", action="store_true")
+    parser.add_argument("--montage", help="write a PNG: AP and PVP of a held-out case before/after inpainting")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; use 1 when other "
+                                                    "jobs share the cores: oversubscribed threads spin-wait)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = PhantomConfig(seed=args.seed, spacing=tuple(args.spacing))
+    started = time.perf_counter()
+    n_train = 0 if args.model else args.train_cases
+    jobs = [("train", i) for i in range(max(n_train, 0 if args.skip_coverage else args.coverage_cases))]
+    jobs += [("test", i) for i in range(args.test_cases)]
+    data = generate(config, jobs, args.processes)
+    print(f"phantom: {len(jobs)} cases at {tuple(args.spacing)} mm in {time.perf_counter() - started:.0f} s")
+    tests = [data[("test", i)] for i in range(args.test_cases)]
+
+    if not args.skip_coverage:
+        cov = coverage_table([data[("train", i)] for i in range(args.coverage_cases)])
+        print(f"\n## Dilation coverage: % of each phase's own tumor voxels inside the PVP tumor mask dilated by r "
+              f"({args.coverage_cases} cases)")
+        print("| registration | phase | " + " | ".join(f"r={r} mm" for r in RADII_MM) + " |")
+        print("|---|---|" + "---|" * len(RADII_MM))
+        for (mode, phase), row in sorted(cov.items(), key=lambda kv: (kv[0][0] != "perfect registration",
+                                                                        PHASES.index(kv[0][1]))):
+            print(f"| {mode} | {phase} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |")
+
+    if args.model:
+        model = load_inpainter(args.model, args.device)
+        train_note = f"model {args.model}"
+    else:
+        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="inpainter-"))
+        cases = [(phases_of(data[("train", i)]), data[("train", i)]["label"]) for i in range(n_train)]
+        preset = get_preset(args.preset)
+        t0 = time.perf_counter()
+        model = train_inpainter(cases, out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                                device=args.device, seed=args.seed, preset=preset)
+        train_note = (f"trained: preset {args.preset}, {n_train} phantom cases, {time.perf_counter() - t0:.0f} s "
+                      f"on {args.device} ({out})")
+    print(f"\n{train_note}")
+
+    methods = {"learned (FFC)": model} | {m: m for m in CLASSICAL_METHODS}
+    result = hole_benchmark(tests, methods, args.seed + 1, args.device)
+    n_holes = result["median"][PHASES[0]][2]
+    print(f"\n## Healthy-liver holes: {len(tests)} held-out cases, {n_holes} holes (radius {HOLE_RADIUS_MM} mm)")
+    print("Per phase: MAE inside the holes (HU, lower is better) / texture = std(fill)/std(truth) per hole, median "
+          "over holes (goal 0.7-1.3) / grain = mean 3-voxel high-pass amplitude in the holes' interior, fill/truth")
+    print("| method | " + " | ".join(f"{p} MAE / texture / grain" for p in PHASES) + " | s/case |")
+    print("|---|" + "---|" * len(PHASES) + "---|")
+    for name, row in result.items():
+        cells = " | ".join(f"{row[p][0]:.1f} / {row[p][1]:.2f} / {row[p][3]:.2f}" for p in PHASES)
+        print(f"| {name} | {cells} | {row['_seconds'] / len(tests):.2f} |")
+
+    print(f"\n## No tumor remains: mean HU inside the tumors dilated by {args.dilation_mm:g} mm (liver part), "
+          f"{len(tests)} held-out cases")
+    print("| method | " + " | ".join(f"{p} before -> after (healthy mean ± 2 std)" for p in PHASES) + " |")
+    print("|---|" + "---|" * len(PHASES))
+    for name in ("learned (FFC)", "median", "harmonic+noise"):
+        rows = removal_check(tests, methods[name], args.dilation_mm, args.device)
+        cells = []
+        for p in PHASES:
+            before, after, mean, std = rows[p]
+            ok = "ok" if abs(after - mean) <= 2 * std else "OUT"
+            cells.append(f"{before:.0f} -> {after:.0f} ({mean:.0f} ± {2 * std:.0f}) {ok}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.montage:
+        from nnunetv2_diff4mm.visualization import montage
+
+        truth = next(t for t in tests if (array(t["label"]) == 2).any())
+        normal, _, _ = inpaint_case(phases_of(truth), truth["label"], model, args.dilation_mm, args.device)
+        shown = {p: phases_of(truth)[p] for p in ("AP", "PVP")} | {f"{p} normal": normal[p] for p in ("AP", "PVP")}
+        print(f"montage: {montage(shown, truth['label'], args.montage, 'tumor removed by the learned inpainter')}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

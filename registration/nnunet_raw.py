@@ -1,0 +1,195 @@
+"""Stage 1 over a whole input folder: register every phase to the reference phase and write a drop-in nnU-Net
+raw dataset.
+
+    $nnUNet_raw/DatasetXXX_NAME/imagesTr/<case>_000k.nii.gz   phase k (phase order) on the reference grid, int16 HU
+    $nnUNet_raw/DatasetXXX_NAME/labelsTr/<case>.nii.gz        the input label (already on the reference grid)
+    $nnUNet_raw/DatasetXXX_NAME/imagesTs/<case>_000k.nii.gz   unlabelled cases
+    $nnUNet_raw/DatasetXXX_NAME/dataset.json                  channel_names all "CT" (nnU-Net's CT normalisation);
+                                                              phases and reference under "diff4mm"
+    $nnUNet_raw/DatasetXXX_NAME/diff4mm/registration/         settings.json (what made the dataset),
+        <case>/<PHASE>.tfm, montage.png, qa.json (written last: the case is finished), summary.csv
+The reference grid is kept as it is (no crop): nnU-Net crops and resamples itself, and predictions come back on
+the grid the user's reference phase has. Every case is validated before anything is written.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .image_io import write_image_atomic
+from .inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, CaseFiles, InputError, load_case, validate_dataset
+from .register import RegistrationSettings, prepare_fixed, register_phase, resample_to_reference
+
+FORMAT_VERSION = 1
+QA_SUBFOLDER = Path("diff4mm") / "registration"
+LABELS = {"background": 0, "liver": 1, "tumor": 2}
+
+
+class DatasetExistsError(InputError):
+    """The target dataset folder holds something else (another input, other settings, another dataset)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    case: CaseFiles
+    dataset_dir: str
+    phases: tuple[str, ...]
+    reference: str
+    settings: dict
+    montage: bool
+
+
+def dataset_folder(nnunet_raw, dataset_id: int, name: str) -> Path:
+    return Path(nnunet_raw) / f"Dataset{dataset_id:03d}_{name}"
+
+
+def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dict, overwrite: bool) -> Path:
+    target = dataset_folder(nnunet_raw, dataset_id, name)
+    prefix = f"Dataset{dataset_id:03d}_"
+    others = [p.name for p in nnunet_raw.glob(f"{prefix}*") if p.is_dir() and p.name != target.name] \
+        if nnunet_raw.is_dir() else []
+    if others:
+        raise DatasetExistsError(f"{nnunet_raw / others[0]}: dataset ID {dataset_id} is taken by another name; "
+                                 f"nnU-Net would not know which one to use. Choose another -d")
+    settings_file = target / QA_SUBFOLDER / "settings.json"
+    if settings_file.is_file():
+        stored = json.loads(settings_file.read_text())
+        if stored != fingerprint:
+            changed = next(k for k in fingerprint if stored.get(k) != fingerprint[k])
+            if not overwrite:
+                raise DatasetExistsError(f"{target}: made from {changed}={stored.get(changed)!r}, not "
+                                         f"{fingerprint[changed]!r}; pass --overwrite to replace it, or choose "
+                                         "another -d/-n")
+            shutil.rmtree(target)
+    elif target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise DatasetExistsError(f"{target}: exists and was not written by diff4mm_register; pass --overwrite "
+                                     "to replace it, or choose another -d/-n")
+        shutil.rmtree(target)
+    return target
+
+
+def _register_case(job: Job) -> dict:
+    """Register, resample and write one case; returns its QA record."""
+    case = job.case
+    dataset = Path(job.dataset_dir)
+    qa_dir = dataset / QA_SUBFOLDER / case.name
+    qa_file = qa_dir / "qa.json"
+    if qa_file.is_file():
+        return json.loads(qa_file.read_text())
+    settings = RegistrationSettings.from_json(job.settings)
+    images, label = load_case(case)
+    fixed = images[job.reference]
+    masks = {p: sitk.ReadImage(str(f)) for p, f in case.liver_masks.items()}
+    setup = prepare_fixed(fixed, label if label is not None else masks.get(job.reference), settings)
+    split = "imagesTr" if label is not None else "imagesTs"
+    qa_dir.mkdir(parents=True, exist_ok=True)
+    (dataset / split).mkdir(parents=True, exist_ok=True)
+    record = {"case": case.name, "split": split, "mask": setup.mask_kind, "phases": {}}
+    registered = {}
+    for k, phase in enumerate(job.phases):
+        if phase == job.reference:
+            out = resample_to_reference(images[phase], fixed)
+            record["phases"][phase] = {"reference": True}
+        else:
+            result = register_phase(setup, images[phase], masks.get(phase), settings)
+            sitk.WriteTransform(result.transform, str(qa_dir / f".{phase}.tfm.tmp.tfm"))
+            os.replace(qa_dir / f".{phase}.tfm.tmp.tfm", qa_dir / f"{phase}.tfm")
+            out = resample_to_reference(images[phase], fixed, result.transform)
+            record["phases"][phase] = result.qa
+        registered[phase] = out
+        write_image_atomic(out, dataset / split / f"{case.name}_{k:04d}.nii.gz")
+    if label is not None:
+        (dataset / "labelsTr").mkdir(parents=True, exist_ok=True)
+        write_image_atomic(label, dataset / "labelsTr" / f"{case.name}.nii.gz")
+    if job.montage:
+        from nnunetv2_diff4mm.visualization import montage  # QA only; registration itself never needs it
+
+        montage(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
+    tmp = qa_dir / ".qa.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, qa_file)
+    return record
+
+
+def _init_worker() -> None:
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+def _summary_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for r in records:
+        for phase, qa in r["phases"].items():
+            if qa.get("reference"):
+                continue
+            row = {"case": r["case"], "phase": phase, "mask": r["mask"], "seconds": qa.get("seconds"),
+                   "metric_initial": qa.get("metric_initial"), "metric_final": qa.get("metric_final"),
+                   "displacement_mean_mm": qa.get("displacement_mean_mm")}
+            for stage in qa.get("stages", [])[1:]:
+                row[f"{stage['stage']}_metric"] = stage.get("metric_after")
+            rows.append(row)
+    return rows
+
+
+def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, phases=DEFAULT_PHASES,
+                             reference: str = DEFAULT_REFERENCE, num_processes: int = 1, overwrite: bool = False,
+                             settings: RegistrationSettings = RegistrationSettings(), montages: bool = True,
+                             progress: bool = True) -> Path:
+    """Validate, register and write the whole dataset (resumable); returns the dataset folder."""
+    from tqdm import tqdm
+
+    if not 1 <= dataset_id <= 999:
+        raise InputError(f"dataset ID must be 1..999 (nnU-Net's DatasetXXX naming), got {dataset_id}")
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    cases = validate_dataset(input_dir, phases, reference, num_processes)  # fails before anything is written
+    nnunet_raw = Path(nnunet_raw)
+    fingerprint = {"format_version": FORMAT_VERSION, "input": str(Path(input_dir).resolve()),
+                   "phases": list(phases), "reference": reference, "settings": settings.to_json()}
+    target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
+    (target / QA_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+    settings_file = target / QA_SUBFOLDER / "settings.json"
+    if not settings_file.is_file():
+        settings_file.write_text(json.dumps(fingerprint, indent=1))
+    jobs = [Job(c, str(target), tuple(phases), reference, fingerprint["settings"], montages) for c in cases]
+    records = []
+    bar = tqdm(total=len(jobs), desc="registering cases", unit="case", disable=not progress)
+    if num_processes > 1 and len(jobs) > 1:
+        with mp.get_context("spawn").Pool(num_processes, initializer=_init_worker) as pool:
+            for record in pool.imap(_register_case, jobs):
+                records.append(record)
+                bar.update()
+    else:
+        for job in jobs:
+            records.append(_register_case(job))
+            bar.update()
+    bar.close()
+    labelled = [c for c in cases if c.is_labelled]
+    dataset_json = {
+        "name": name,
+        "description": f"Multi-phase liver CT registered to {reference} by diff4mm_register",
+        "channel_names": {str(k): "CT" for k in range(len(phases))},
+        "labels": LABELS,
+        "numTraining": len(labelled),
+        "file_ending": ".nii.gz",
+        "diff4mm": {"phases": list(phases), "reference": reference, "format_version": FORMAT_VERSION},
+    }
+    tmp = target / ".dataset.json.tmp"
+    tmp.write_text(json.dumps(dataset_json, indent=1))
+    os.replace(tmp, target / "dataset.json")
+    rows = _summary_rows(records)
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        with open(target / QA_SUBFOLDER / "summary.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return target

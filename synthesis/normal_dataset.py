@@ -1,0 +1,120 @@
+"""Stage 2 over a whole nnU-Net raw dataset: write the normal (tumor-free) multi-phase CT of every labelled case.
+
+Output, inside the dataset folder (nnU-Net ignores it; see nnunetv2_diff4mm/conventions.py):
+    diff4mm/normal/imagesTr/<case>_000k.nii.gz   tumor-free phases, int16 HU, on the registered grid
+    diff4mm/normal/labelsTr/<case>.nii.gz        liver mask of the normal case (1 = liver incl. former tumor)
+    diff4mm/normal/inpaint_regions/<case>.nii.gz the dilated tumor region that was filled
+    diff4mm/normal/qa/<case>.png                 before/after montage
+    diff4mm/normal/normal.json                   settings and, per case and phase, the "no tumor remains" check
+A case is finished when its liver mask exists (written last); re-running skips finished cases; other settings
+than those in normal.json are refused unless `overwrite=True`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from registration.image_io import write_image_atomic
+
+from .dataset_io import NORMAL_SUBDIR, DatasetError, labelled_cases, load_case, read_dataset_json
+from .inpainting import CLASSICAL_METHODS, _check_phases, inpaint_case, load_inpainter
+
+RECORD = "normal.json"
+
+
+def _model_identity(model_or_method) -> str:
+    if isinstance(model_or_method, str) and model_or_method in CLASSICAL_METHODS:
+        return f"classical:{model_or_method}"
+    folder = Path(model_or_method)
+    weights = sorted(folder.rglob("*.safetensors"))
+    digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest() if weights else "none"
+    return f"model:{digest}"
+
+
+def tumor_removal_check(original: dict[str, sitk.Image], normal: dict[str, sitk.Image], label: sitk.Image,
+                        region: sitk.Image) -> dict[str, dict]:
+    """Per phase: mean HU inside the filled region before and after, and the healthy-liver mean and std.
+
+    `ok` means the filled region's mean lies within the healthy liver's mean ± 2 std (no tumor remains).
+    """
+    lab = sitk.GetArrayViewFromImage(label)
+    reg = sitk.GetArrayViewFromImage(region) > 0
+    healthy = (lab == 1) & ~reg
+    out = {}
+    for phase, image in normal.items():
+        after = sitk.GetArrayViewFromImage(image).astype(np.float32)
+        before = sitk.GetArrayViewFromImage(original[phase]).astype(np.float32)
+        mu, sd = float(after[healthy].mean()), float(after[healthy].std())
+        inside_liver = reg & (lab > 0)
+        fill = float(after[inside_liver].mean()) if inside_liver.any() else float("nan")
+        out[phase] = {"region_mean_before": float(before[inside_liver].mean()) if inside_liver.any() else None,
+                      "region_mean_after": fill, "healthy_mean": mu, "healthy_std": sd,
+                      "ok": bool(not inside_liver.any() or abs(fill - mu) <= 2 * sd)}
+    return out
+
+
+def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: str = "cpu", overwrite: bool = False,
+                    progress: bool = True, montage_fn: Callable | None = None) -> dict:
+    """Inpaint every labelled case of a registered dataset; returns the record written to normal.json."""
+    from tqdm import tqdm
+
+    dataset_dir = Path(dataset_dir)
+    data = read_dataset_json(dataset_dir)
+    phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
+    cases = labelled_cases(dataset_dir)
+    for case in cases:  # every input exists before anything is written
+        for f in [dataset_dir / "imagesTr" / f"{case}_{k:04d}{ending}" for k in range(len(phases))]:
+            if not f.is_file():
+                raise DatasetError(f"{f}: missing phase {phases[int(f.name[-len(ending) - 4:-len(ending)])]} "
+                                   f"of {case}")
+    classical = isinstance(model_or_method, str) and model_or_method in CLASSICAL_METHODS
+    model = model_or_method if classical else load_inpainter(model_or_method, device)  # fails now, not later
+    if not classical:
+        _check_phases(model.config.in_phases, phases)
+    out = dataset_dir / NORMAL_SUBDIR
+    settings = {"method": _model_identity(model_or_method), "dilation_mm": float(dilation_mm), "phases": phases}
+    record_path = out / RECORD
+    record = {"settings": settings, "cases": {}}
+    if record_path.is_file():
+        stored = json.loads(record_path.read_text())
+        if stored.get("settings") != settings:
+            if not overwrite:
+                changed = next(k for k in settings if stored["settings"].get(k) != settings[k])
+                raise DatasetError(f"{record_path}: normal CTs were made with {changed}="
+                                   f"{stored['settings'].get(changed)!r}, not {settings[changed]!r}; pass "
+                                   "--overwrite to redo them")
+            for sub in ("imagesTr", "labelsTr", "inpaint_regions", "qa"):
+                for f in (out / sub).glob("*"):
+                    f.unlink()
+        else:
+            record = stored
+    for sub in ("imagesTr", "labelsTr", "inpaint_regions", "qa"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for case in tqdm(cases, desc="inpainting", unit="case", disable=not progress):
+        liver_path = out / "labelsTr" / f"{case}{ending}"
+        if liver_path.is_file() and case in record["cases"]:
+            continue
+        target, _, label, _ = load_case(dataset_dir, case, normal=False)
+        normal, region, liver = inpaint_case(target, label, model, dilation_mm, device)
+        for k, p in enumerate(phases):
+            write_image_atomic(normal[p], out / "imagesTr" / f"{case}_{k:04d}{ending}")
+        write_image_atomic(region, out / "inpaint_regions" / f"{case}{ending}")
+        if montage_fn is not None:
+            both = {}
+            for p in phases:
+                both[p] = target[p]
+                both[f"{p} normal"] = normal[p]
+            montage_fn(both, label, out / "qa" / f"{case}.png", title=f"{case}: registered (left) and normal "
+                                                                   "(right) per phase")
+        record["cases"][case] = tumor_removal_check(target, normal, label, region)
+        write_image_atomic(liver, liver_path)
+        tmp = record_path.with_name(f".{RECORD}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, record_path)
+    return record

@@ -1,0 +1,23 @@
+"""Test-only trainer variants with a tiny schedule (tests add this folder to nnUNet_extTrainer)."""
+import os
+
+import torch
+
+from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer
+
+
+class Diff4MMTrainer_Test(Diff4MMTrainer):
+    pool_size = 4
+    prefill = 2
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("DIFF4MM_TEST_EPOCHS", "1"))
+        self.num_iterations_per_epoch = 4
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1
+
+
+class Diff4MMTrainer_TestFallback(Diff4MMTrainer_Test):
+    """Same schedule, own results folder: used with a broken bundle."""

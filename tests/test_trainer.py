@@ -1,0 +1,116 @@
+"""Diff4MMTrainer through nnU-Net's own commands on a small registered phantom dataset (real, tiny runs).
+
+Covers: discovery by name, the synthetic mixing fraction (counted from the batch keys), the bundle hash in the
+checkpoint, resume with --c, and fallback to real samples when the bundle is broken.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+TRAINERS = Path(__file__).parent / "nnunet_trainers"
+DATASET = 502
+
+
+@pytest.fixture(scope="module")
+def nnunet_env(tmp_path_factory):
+    """phantom -> diff4mm_register -> CPU plans -> normal CTs (classical fill) -> tiny bundle."""
+    from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
+    from registration.nnunet_raw import write_registered_dataset
+    from registration.register import RegistrationSettings
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = {**os.environ, "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "pre"),
+           "nnUNet_results": str(root / "res"), "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1",
+           "nnUNet_extTrainer": str(TRAINERS)}
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    write_phantom_dataset(root / "phantom", PhantomConfig(seed=4, spacing=(5.0, 5.0, 8.0)), cases=3,
+                          progress=False)
+    raw = write_registered_dataset(root / "phantom", DATASET, "Trainer", root / "raw",
+                                   settings=RegistrationSettings().without_bspline(), montages=False, progress=False)
+    subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.plan_cpu", "-d", str(DATASET), "-np", "1"], env=env, check=True, capture_output=True)
+    from synthesis.dataset_io import load_training_cases
+    from synthesis.normal_dataset import inpaint_dataset
+    from synthesis.training import train_synthesizer
+
+    inpaint_dataset(raw, "median+noise", 8.0, progress=False)
+    _, cases = load_training_cases(raw)
+    train_synthesizer(cases, raw / "diff4mm" / "synthesizer", preset="tiny", device="cpu", progress=False)
+    return env, root, raw
+
+
+def _train(env, trainer, *extra, epochs=1):
+    cmd = [str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET), "3d_fullres", "all", "-tr", trainer, "-p", "Diff4MMCPUPlans",
+           "-device", "cpu", *extra]
+    result = subprocess.run(cmd, env={**env, "DIFF4MM_TEST_EPOCHS": str(epochs)}, capture_output=True, text=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout
+
+
+def _fold(root: Path, trainer: str) -> Path:
+    return root / "res" / f"Dataset{DATASET:03d}_Trainer" / f"{trainer}__Diff4MMCPUPlans__3d_fullres" / "fold_all"
+
+
+def test_trains_with_counted_synthetic_fraction_and_records_bundle_then_resumes(nnunet_env):
+    env, root, raw = nnunet_env
+    out = _train(env, "Diff4MMTrainer_Test")
+    counts = [tuple(map(int, m)) for m in re.findall(r"synthetic fraction used [\d.]+ \((\d+)/(\d+) samples\)", out)]
+    assert len(counts) == 1
+    synthetic, total = counts[0]
+    assert total == 8 and 0 < synthetic < total  # 3 real + 3 synthetic identifiers: p = 0.5 per sample
+    fold = _fold(root, "Diff4MMTrainer_Test")
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    logging = checkpoint["logging"]
+    from nnunetv2_diff4mm.training.trainer import bundle_fingerprint
+
+    assert logging["diff4mm_bundle_sha256"] == [bundle_fingerprint(raw / "diff4mm" / "synthesizer")]
+    assert logging["diff4mm_synthetic_fraction"] == [pytest.approx(synthetic / total)]
+    pool = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "diff4mm" / "Diff4MMCPUPlans_3d_fullres" / "pool_foldall_rank0"
+    with np.load(sorted(pool.glob("sample_*.npz"))[0]) as sample:
+        assert (sample["seg"] == 2).any()  # pooled samples carry synthesised tumors
+
+    # resume: drop the final checkpoint and continue one more epoch from checkpoint_latest
+    (fold / "checkpoint_final.pth").unlink()
+    out = _train(env, "Diff4MMTrainer_Test", "--c", epochs=2)
+    assert "Epoch 1" in out and "Epoch 0\n" not in out
+    logging = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logging["diff4mm_synthetic_fraction"]) == 2 and len(logging["diff4mm_bundle_sha256"]) == 2
+
+
+def test_broken_bundle_falls_back_to_real_samples(nnunet_env, tmp_path):
+    env, root, raw = nnunet_env
+    broken = tmp_path / "bundle"
+    shutil.copytree(raw / "diff4mm" / "synthesizer", broken)
+    weights = next(broken.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated file: hash mismatch
+    out = _train({**env, "DIFF4MM_BUNDLE": str(broken)}, "Diff4MMTrainer_TestFallback")
+    assert "Diff4MM: synthesis disabled, training on real samples only" in out
+    assert "synthetic fraction used 0.000 (0/8 samples)" in out
+    assert (_fold(root, "Diff4MMTrainer_TestFallback") / "checkpoint_final.pth").is_file()
+
+
+def test_mixed_dataset_serves_pool_samples_in_the_configured_proportion(nnunet_env):
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from nnunetv2_diff4mm.training.mixed_dataset import SyntheticMixDataset, is_synthetic, synthetic_count
+
+    env, root, raw = nnunet_env
+    folder = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "Diff4MMCPUPlans_3d_fullres"
+    pool = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "diff4mm" / "Diff4MMCPUPlans_3d_fullres" / "pool_foldall_rank0"
+    real = infer_dataset_class(str(folder))(str(folder), ["case_000", "case_001", "case_002"])
+    mixed = SyntheticMixDataset(real, pool, 0.75)
+    assert synthetic_count(3, 0.75) == 9 and len(mixed.identifiers) == 12
+    data, seg, _, props = mixed.load_case(next(i for i in mixed.identifiers if is_synthetic(i)))
+    assert data.shape[0] == 4 and (seg == 2).any() and 2 in props["class_locations"]
+    assert json.loads(json.dumps(sorted(map(str, props["class_locations"]))))  # label keys restored as ints
