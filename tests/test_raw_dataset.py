@@ -1,0 +1,99 @@
+"""diff4mm_register's output: a drop-in nnU-Net raw dataset, validated first, resumable, never clobbering."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_diff4mm.evaluation.registration_error import case_errors
+from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
+from registration.inputs import InputError
+from registration.nnunet_raw import DatasetExistsError, write_registered_dataset
+from registration.register import RegistrationSettings
+
+DEFAULT = RegistrationSettings()
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reg")
+    write_phantom_dataset(root / "phantom", PhantomConfig(seed=2, spacing=(5.0, 5.0, 8.0)), cases=2, test_cases=1,
+                          progress=False)
+    target = write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", settings=DEFAULT, progress=False)
+    return root, target
+
+
+def test_layout_and_dataset_json_follow_nnunet(registered):
+    root, target = registered
+    assert target.name == "Dataset503_Reg"
+    data = json.loads((target / "dataset.json").read_text())
+    assert data["channel_names"] == {"0": "CT", "1": "CT", "2": "CT", "3": "CT"}
+    assert data["labels"] == {"background": 0, "liver": 1, "tumor": 2} and data["numTraining"] == 2
+    assert data["diff4mm"]["phases"] == ["NC", "AP", "PVP", "DELAY"] and data["diff4mm"]["reference"] == "PVP"
+    assert sorted(p.name for p in (target / "imagesTs").iterdir())[0] == "test_000_0000.nii.gz"
+    pvp = sitk.ReadImage(str(root / "phantom" / "case_000" / "PVP.nii.gz"))
+    for k in range(4):  # every phase on the reference grid
+        img = sitk.ReadImage(str(target / "imagesTr" / f"case_000_{k:04d}.nii.gz"))
+        assert img.GetSize() == pvp.GetSize() and img.GetSpacing() == pytest.approx(pvp.GetSpacing())
+    qa = json.loads((target / "diff4mm" / "registration" / "test_000" / "qa.json").read_text())
+    assert qa["mask"] == "body"  # unlabelled case: body-mask fallback, recorded
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(target), num_processes=1)  # raises on any problem
+
+
+def test_registration_reduces_the_error_to_the_true_alignment(registered):
+    root, target = registered
+    phases = ["NC", "AP", "PVP", "DELAY"]
+    errors = [case_errors(root / "phantom", target, case, phases) for case in ("case_000", "case_001")]
+    for phase in ("NC", "AP", "DELAY"):
+        before = np.mean([e[phase][0] for e in errors])
+        after = np.mean([e[phase][1] for e in errors])
+        assert after < 0.5 * before, (phase, before, after)  # acceptance goal 0.40 at the demo's resolution
+
+
+def test_finished_cases_are_skipped_and_an_interrupted_case_is_redone(registered):
+    root, target = registered
+    kept = (target / "imagesTr" / "case_000_0000.nii.gz").stat().st_mtime_ns
+    (target / "diff4mm" / "registration" / "case_001" / "qa.json").unlink()  # as if killed mid-case
+    redone = (target / "imagesTr" / "case_001_0000.nii.gz").stat().st_mtime_ns
+    write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", settings=DEFAULT, progress=False)
+    assert (target / "imagesTr" / "case_000_0000.nii.gz").stat().st_mtime_ns == kept
+    assert (target / "imagesTr" / "case_001_0000.nii.gz").stat().st_mtime_ns != redone
+    assert (target / "diff4mm" / "registration" / "case_001" / "qa.json").is_file()
+
+
+def test_refuses_other_settings_and_taken_ids(registered):
+    root, target = registered
+    with pytest.raises(DatasetExistsError, match="settings"):
+        write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", progress=False,
+                                 settings=DEFAULT.without_bspline())
+    with pytest.raises(DatasetExistsError, match="taken"):
+        write_registered_dataset(root / "phantom", 503, "Other", root / "raw", settings=DEFAULT, progress=False)
+
+
+def test_bad_input_fails_before_anything_is_written(registered, tmp_path):
+    root, _ = registered
+    bad = tmp_path / "bad"
+    case = bad / "case_000"
+    case.mkdir(parents=True)
+    for f in (root / "phantom" / "case_000").iterdir():
+        (case / f.name).write_bytes(f.read_bytes())
+    label = sitk.ReadImage(str(case / "label.nii.gz"))
+    arr = sitk.GetArrayFromImage(label)
+    arr[0, 0, 0] = 3
+    broken = sitk.GetImageFromArray(arr)
+    broken.CopyInformation(label)
+    sitk.WriteImage(broken, str(case / "label.nii.gz"))
+    with pytest.raises(InputError, match="case_000/label.nii.gz"):
+        write_registered_dataset(bad, 504, "Bad", tmp_path / "raw", settings=DEFAULT, progress=False)
+    assert not (tmp_path / "raw").exists()
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.register", str(bad), "-d", "504", "-n",
+                             "Bad", "--nnunet-raw", str(tmp_path / "raw")], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "values outside" in result.stderr
+    assert not (tmp_path / "raw").exists()
