@@ -3,4 +3,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$REPO_ROOT"
-exec python -m pytest -n 2 "$@"
+# --dist loadfile: a test module stays on one worker, so its expensive module fixture is built once
+exec python -m pytest -n 2 --dist loadfile "$@"

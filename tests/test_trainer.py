@@ -5,7 +5,6 @@ checkpoint, resume with --c, and fallback to real samples when the bundle is bro
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -58,6 +57,28 @@ def _train(env, trainer, *extra, epochs=1):
     return result.stdout
 
 
+def _pool(root: Path, trainer: str) -> Path:
+    return (root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "diff4mm" / "Diff4MMCPUPlans_3d_fullres"
+            / f"pool_{trainer}_foldall_rank0")
+
+
+def _check_mixed_dataset(root: Path, pool: Path) -> None:
+    """The wrapped dataset adds f/(1-f) * n synthetic identifiers and serves them from the pool."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    from nnunetv2_diff4mm.training.mixed_dataset import SyntheticMixDataset, is_synthetic, synthetic_count
+
+    folder = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "Diff4MMCPUPlans_3d_fullres"
+    real = infer_dataset_class(str(folder))(str(folder), ["case_000", "case_001", "case_002"])
+    mixed = SyntheticMixDataset(real, pool, 0.75)
+    assert synthetic_count(3, 0.75) == 9 and len(mixed.identifiers) == 12
+    data, seg, _, props = mixed.load_case(next(i for i in mixed.identifiers if is_synthetic(i)))
+    assert data.shape[0] == 4 and (seg == 2).any() and 2 in props["class_locations"]
+    empty = SyntheticMixDataset(real, pool.parent / "no_pool_here", 0.5)  # no samples: a real case is served
+    data, seg, _, _ = empty.load_case(next(i for i in empty.identifiers if is_synthetic(i)))
+    assert data.shape[0] == 4
+
+
 def _fold(root: Path, trainer: str) -> Path:
     return root / "res" / f"Dataset{DATASET:03d}_Trainer" / f"{trainer}__Diff4MMCPUPlans__3d_fullres" / "fold_all"
 
@@ -76,9 +97,10 @@ def test_trains_with_counted_synthetic_fraction_and_records_bundle_then_resumes(
 
     assert logging["diff4mm_bundle_sha256"] == [bundle_fingerprint(raw / "diff4mm" / "synthesizer")]
     assert logging["diff4mm_synthetic_fraction"] == [pytest.approx(synthetic / total)]
-    pool = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "diff4mm" / "Diff4MMCPUPlans_3d_fullres" / "pool_foldall_rank0"
+    pool = _pool(root, "Diff4MMTrainer_Test")
     with np.load(sorted(pool.glob("sample_*.npz"))[0]) as sample:
         assert (sample["seg"] == 2).any()  # pooled samples carry synthesised tumors
+    _check_mixed_dataset(root, pool)
 
     # resume: drop the final checkpoint and continue one more epoch from checkpoint_latest
     (fold / "checkpoint_final.pth").unlink()
@@ -98,19 +120,3 @@ def test_broken_bundle_falls_back_to_real_samples(nnunet_env, tmp_path):
     assert "Diff4MM: synthesis disabled, training on real samples only" in out
     assert "synthetic fraction used 0.000 (0/8 samples)" in out
     assert (_fold(root, "Diff4MMTrainer_TestFallback") / "checkpoint_final.pth").is_file()
-
-
-def test_mixed_dataset_serves_pool_samples_in_the_configured_proportion(nnunet_env):
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    from nnunetv2_diff4mm.training.mixed_dataset import SyntheticMixDataset, is_synthetic, synthetic_count
-
-    env, root, raw = nnunet_env
-    folder = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "Diff4MMCPUPlans_3d_fullres"
-    pool = root / "pre" / f"Dataset{DATASET:03d}_Trainer" / "diff4mm" / "Diff4MMCPUPlans_3d_fullres" / "pool_foldall_rank0"
-    real = infer_dataset_class(str(folder))(str(folder), ["case_000", "case_001", "case_002"])
-    mixed = SyntheticMixDataset(real, pool, 0.75)
-    assert synthetic_count(3, 0.75) == 9 and len(mixed.identifiers) == 12
-    data, seg, _, props = mixed.load_case(next(i for i in mixed.identifiers if is_synthetic(i)))
-    assert data.shape[0] == 4 and (seg == 2).any() and 2 in props["class_locations"]
-    assert json.loads(json.dumps(sorted(map(str, props["class_locations"]))))  # label keys restored as ints

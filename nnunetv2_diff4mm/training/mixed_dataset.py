@@ -53,8 +53,11 @@ class SyntheticMixDataset:
                 return data, seg, None, properties
             except (OSError, ValueError, KeyError):
                 pass  # a slot being replaced or damaged: fall back below
-        with open(self.pool_folder / FALLBACK_LOG, "a") as fh:
-            fh.write(f"{os.getpid()} {identifier}\n")
+        try:
+            with open(self.pool_folder / FALLBACK_LOG, "a") as fh:
+                fh.write(f"{os.getpid()} {identifier}\n")
+        except OSError:
+            pass  # the pool folder is gone (e.g. removed by hand): still serve a real case
         position = int(identifier[len(SYNTHETIC_PREFIX):]) % len(self.real_identifiers)
         return self.real.load_case(self.real_identifiers[position])
 

@@ -63,7 +63,8 @@ class Diff4MMTrainer(nnUNetTrainer):
         cache = conventions.preprocessed_cache_folder(self.preprocessed_dataset_folder_base,
                                                       self.plans_manager.plans_name, self.configuration_name)
         rank = self.local_rank
-        self._pool_folder = cache / f"pool_fold{self.fold}_rank{rank}"
+        # one pool per trainer class, fold and rank: variants trained side by side never share samples
+        self._pool_folder = cache / f"pool_{self.__class__.__name__}_fold{self.fold}_rank{rank}"
         if self._pool_folder.exists():
             shutil.rmtree(self._pool_folder)  # samples of an earlier run (maybe another bundle) are not reused
         self._pool_folder.mkdir(parents=True)
