@@ -69,12 +69,12 @@ def write_phantom_dataset(folder: Path, indices, seed: int) -> None:
             write_image_atomic(img, folder / "diff4mm/normal/imagesTr" / f"{name}_{k:04d}.nii.gz")
         write_image_atomic(label, folder / "labelsTr" / f"{name}.nii.gz")
         write_image_atomic(sitk.Cast(label > 0, sitk.sitkUInt8), folder / "diff4mm/normal/labelsTr" / f"{name}.nii.gz")
-        (folder / "info" / f"{name}.json").write_text(json.dumps(case.info))
+        (folder / "info" / f"{name}.json").write_text(json.dumps(case.info), encoding="utf-8")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {str(k): "CT" for k in range(len(PHASES))}, "labels": {"background": 0, "liver": 1,
                                                                                  "tumor": 2},
         "numTraining": len(indices), "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES),
-                                                                            "reference": "PVP"}}))
+                                                                            "reference": "PVP"}}), encoding="utf-8")
 
 
 def tumor_stats(image: np.ndarray, normal: np.ndarray, mask: np.ndarray, liver: np.ndarray, spacing_xyz):
@@ -213,11 +213,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         bundles[preset] = train_synthesizer(cases, work / f"bundle_{preset}", preset=preset, device="cpu",
                                             epochs=epochs, seed=args.seed, case_names=names)
-        record = json.loads((bundles[preset] / "diff4mm_bundle.json").read_text())["training"]
+        record = json.loads((bundles[preset] / "diff4mm_bundle.json").read_text(encoding="utf-8"))["training"]
         print(f"train {preset}: {time.time() - t0:.0f} s this run; recorded stage seconds {record['seconds']}")
     log = bundles["default"] / "training" / "log.csv"
     if log.exists():
-        lines = log.read_text().splitlines()
+        lines = log.read_text(encoding="utf-8").splitlines()
         print("training log (last epoch of each stage):")
         for stage in ("autoencoder", "unet"):
             rows = [line for line in lines if line.startswith(stage)]
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     for name in [*names, *eval_names]:  # real tumors of all cases
         ds = train_ds if name in names else eval_ds
         target, normal, label, liver, label_img = load_arrays(ds, name)
-        info = json.loads((ds / "info" / f"{name}.json").read_text())
+        info = json.loads((ds / "info" / f"{name}.json").read_text(encoding="utf-8"))
         for s in tumor_stats(target, normal, label == 2, label > 0, label_img.GetSpacing()):
             real_groups[f"real {real_kind(info, label_img, s['centre'])}"].append(s)
         if name in eval_names and len(rows_real) < 3:

@@ -33,7 +33,7 @@ def epoch_times(folder: Path) -> tuple[list[float], list[float]]:
     logs = sorted(folder.glob("training_log_*.txt"))
     if not logs:
         raise SystemExit(f"{folder}: no training log; run with --train")
-    text = logs[-1].read_text()
+    text = logs[-1].read_text(encoding="utf-8")
     times = [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", text)]
     synth = [float(t) for t in re.findall(r"synthesised this epoch at ([\d.]+) s/sample", text)]
     return times, synth

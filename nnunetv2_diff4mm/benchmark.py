@@ -160,7 +160,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -205,7 +205,7 @@ def read_dataset_json(raw_folder: Path) -> dict:
     path = Path(raw_folder) / "dataset.json"
     if not path.is_file():
         raise BenchmarkError(f"{path}: missing; not an nnU-Net raw dataset")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def reference_channel(dataset_json: dict, reference_phase: str | None = None) -> tuple[int, str]:
@@ -290,7 +290,7 @@ def preprocessing_complete(preprocessed_folder: Path, plans: str, configuration:
     plans_file = folder / f"{plans}.json"
     if not plans_file.is_file() or not (folder / "dataset.json").is_file():
         return False
-    config = json.loads(plans_file.read_text()).get("configurations", {}).get(configuration)
+    config = json.loads(plans_file.read_text(encoding="utf-8")).get("configurations", {}).get(configuration)
     if config is None:
         raise BenchmarkError(f"{plans_file}: no configuration {configuration}")
     data_folder = folder / config.get("data_identifier", f"{plans}_{configuration}")
@@ -339,11 +339,11 @@ def prepare_derived_preprocessed(source_name: str, target_name: str, target_id: 
                                  configuration: str, cases: list[str], roots: Roots, num_processes: int) -> None:
     """Fingerprint (integrity check included), transferred plans, dataset.json and preprocessing of the derived
     dataset; skipped when its plans already equal the transferred ones and preprocessing is complete."""
-    source_plans = json.loads((roots.preprocessed / source_name / f"{plans}.json").read_text())
+    source_plans = json.loads((roots.preprocessed / source_name / f"{plans}.json").read_text(encoding="utf-8"))
     wanted = transferred_plans(source_plans, target_name, channel)
     folder = roots.preprocessed / target_name
     plans_file = folder / f"{plans}.json"
-    current = json.loads(plans_file.read_text()) if plans_file.is_file() else None
+    current = json.loads(plans_file.read_text(encoding="utf-8")) if plans_file.is_file() else None
     if current == wanted and preprocessing_complete(folder, plans, configuration, cases):
         return
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, preprocess_dataset
@@ -411,14 +411,14 @@ def prepare_splits(source_preprocessed: Path, cases: list[str], folds, fractions
     """Make sure splits_final.json holds every (fraction, fold) subset; copy the file to `mirror_to` (the
     derived dataset's preprocessed folder). Returns {(fraction, fold): nnU-Net fold index} and the splits."""
     path = Path(source_preprocessed) / "splits_final.json"
-    splits = json.loads(path.read_text()) if path.is_file() else nnunet_default_splits(cases)
+    splits = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else nnunet_default_splits(cases)
     before = json.dumps(splits)
     index = {(f, k): fraction_fold(splits, k, f, seed) for f in fractions for k in folds}
     if json.dumps(splits) != before or not path.is_file():
         _write_json_atomic(path, splits)
     if mirror_to is not None:
         target = Path(mirror_to) / "splits_final.json"
-        if not target.is_file() or json.loads(target.read_text()) != splits:
+        if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != splits:
             _write_json_atomic(target, splits)
     return index, splits
 
@@ -456,12 +456,12 @@ def run_logged(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
     """Run cmd with stdout+stderr appended to log_path; a non-zero exit raises BenchmarkError."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {shlex.join(cmd)}\n")
         log.flush()
         returncode = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if returncode:
-        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        tail = [line for line in log_path.read_text(errors="replace", encoding="utf-8").splitlines() if line.strip()][-1:]
         raise BenchmarkError(f"{Path(cmd[0]).name} exited with {returncode} (log {log_path}): "
                              f"{tail[0].strip() if tail else ''}")
 
@@ -506,7 +506,7 @@ def predict_job(job: Job, input_dir: Path, pred_dir: Path, cases: list[str], end
 
 def synthesis_disabled(results_root: Path, job: Job) -> bool:
     """True if the Diff4MM trainer logged that it fell back to real samples only."""
-    return any("Diff4MM: synthesis disabled" in p.read_text(errors="replace")
+    return any("Diff4MM: synthesis disabled" in p.read_text(errors="replace", encoding="utf-8")
                for p in fold_folder(results_root, job).glob("training_log_*.txt"))
 
 
@@ -632,7 +632,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     env.setdefault("nnUNet_n_proc_DA", str(s.num_processes))
     env.setdefault("nnUNet_def_n_proc", str(s.num_processes))
     timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
     warnings, finished = [], []
     bar = tqdm(jobs, desc="benchmark runs", unit="run")
     for job in bar:

@@ -59,12 +59,12 @@ class DemoRun:
         start = time.perf_counter()
         log = self.settings.output / "logs" / f"{len(self.stages):02d}_{module}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as fh:
+        with open(log, "a", encoding="utf-8") as fh:
             proc = subprocess.run([sys.executable, "-m", stage.module, *args], env=self.env, stdout=fh,
                                   stderr=subprocess.STDOUT)
         stage.seconds = time.perf_counter() - start
         if proc.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-5:]
+            tail = log.read_text(encoding="utf-8").strip().splitlines()[-5:]
             raise RuntimeError(f"demo stage '{name}' failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
         stage.result = result() if result else ""
         self.stages.append(stage)
@@ -86,7 +86,7 @@ def _registration_table(run: DemoRun) -> list[str]:
 
 
 def _inpainting_table(run: DemoRun) -> list[str]:
-    record = json.loads((_raw(run) / "diff4mm" / "normal" / "normal.json").read_text())
+    record = json.loads((_raw(run) / "diff4mm" / "normal" / "normal.json").read_text(encoding="utf-8"))
     lines = ["| case | phase | region HU before | after | healthy liver HU (mean ± std) | no tumor left |",
              "| --- | --- | ---: | ---: | ---: | --- |"]
     for case, phases in record["cases"].items():
@@ -156,7 +156,7 @@ def _write_report(run: DemoRun) -> Path:
         lines += [f"## {title}", "", *body, ""]
     bench = out / "benchmark" / "summary.md"
     if bench.is_file():
-        lines += ["## Benchmark against nnU-Net (stage 4)", "", bench.read_text().strip(), ""]
+        lines += ["## Benchmark against nnU-Net (stage 4)", "", bench.read_text(encoding="utf-8").strip(), ""]
         lines += [f"![{p.stem}]({os.path.relpath(p, out)})" for p in sorted((out / "benchmark").glob("*.png"))]
     montages = sorted((out / "qa").glob("*.png"))
     montages += sorted((_raw(run) / "diff4mm" / "registration").glob("*/montage.png"))[:2]
@@ -167,6 +167,6 @@ def _write_report(run: DemoRun) -> Path:
                                              for p in montages]
     report = out / "report.md"
     tmp = report.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, report)
     return report

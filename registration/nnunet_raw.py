@@ -60,7 +60,7 @@ def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dic
                                  f"nnU-Net would not know which one to use. Choose another -d")
     settings_file = target / QA_SUBFOLDER / "settings.json"
     if settings_file.is_file():
-        stored = json.loads(settings_file.read_text())
+        stored = json.loads(settings_file.read_text(encoding="utf-8"))
         if stored != fingerprint:
             changed = next(k for k in fingerprint if stored.get(k) != fingerprint[k])
             if not overwrite:
@@ -83,7 +83,7 @@ def _register_case(job: Job) -> dict:
     qa_dir = dataset / QA_SUBFOLDER / case.name
     qa_file = qa_dir / "qa.json"
     if qa_file.is_file():
-        return json.loads(qa_file.read_text())
+        return json.loads(qa_file.read_text(encoding="utf-8"))
     settings = RegistrationSettings.from_json(job.settings)
     images, label = load_case(case)
     fixed = images[job.reference]
@@ -114,7 +114,7 @@ def _register_case(job: Job) -> dict:
 
         montage(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
     tmp = qa_dir / ".qa.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, qa_file)
     return record
 
@@ -158,7 +158,7 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
     (target / QA_SUBFOLDER).mkdir(parents=True, exist_ok=True)
     settings_file = target / QA_SUBFOLDER / "settings.json"
     if not settings_file.is_file():
-        settings_file.write_text(json.dumps(fingerprint, indent=1))
+        settings_file.write_text(json.dumps(fingerprint, indent=1), encoding="utf-8")
     jobs = [Job(c, str(target), tuple(phases), reference, fingerprint["settings"], montages) for c in cases]
     records = []
     bar = tqdm(total=len(jobs), desc="registering cases", unit="case", disable=not progress)
@@ -183,12 +183,12 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         "diff4mm": {"phases": list(phases), "reference": reference, "format_version": FORMAT_VERSION},
     }
     tmp = target / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(dataset_json, indent=1))
+    tmp.write_text(json.dumps(dataset_json, indent=1), encoding="utf-8")
     os.replace(tmp, target / "dataset.json")
     rows = _summary_rows(records)
     if rows:
         keys = list(dict.fromkeys(k for row in rows for k in row))
-        with open(target / QA_SUBFOLDER / "summary.csv", "w", newline="") as fh:
+        with open(target / QA_SUBFOLDER / "summary.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)

@@ -112,7 +112,7 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
         "training": training or {},
     }
     tmp = path / f".{BUNDLE_JSON}.tmp"
-    tmp.write_text(json.dumps(config, indent=1))
+    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
     os.replace(tmp, path / BUNDLE_JSON)
     return path
 
@@ -126,7 +126,7 @@ def read_bundle_config(path) -> dict:
     if not json_path.is_file():
         raise BundleError(f"{json_path}: missing; {path} is not a (finished) synthesis bundle")
     try:
-        config = json.loads(json_path.read_text())
+        config = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{json_path}: not valid JSON ({err})") from None
     version = config.get("format_version")

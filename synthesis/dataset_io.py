@@ -33,7 +33,7 @@ def read_dataset_json(dataset_dir) -> dict:
     if not path.is_file():
         raise DatasetError(f"{path}: missing; not an nnU-Net raw dataset")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data.get("diff4mm"), dict) or not data["diff4mm"].get("phases"):
@@ -151,7 +151,7 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
                 "source_dataset": str(dataset_dir.resolve())}
     record_path = out_dir / "synthesis.json"
     if record_path.is_file():
-        stored = json.loads(record_path.read_text())
+        stored = json.loads(record_path.read_text(encoding="utf-8"))
         changed = [k for k in settings if stored.get(k) != settings[k]]
         if changed:
             raise DatasetError(f"{record_path}: made with another {changed[0]} ({stored.get(changed[0])}); choose "
@@ -200,5 +200,5 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
 
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)

@@ -373,13 +373,13 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
 def _write_loss_csv(path: Path, history: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "loss", "l1", "texture", "seconds"])
         writer.writeheader()
         writer.writerows(history)
@@ -405,7 +405,7 @@ def _read_state(out_dir: Path) -> dict | None:
     path = out_dir / STATE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _check_training_cases(cases) -> list[str]:

@@ -82,7 +82,7 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     record_path = out / RECORD
     record = {"settings": settings, "cases": {}}
     if record_path.is_file():
-        stored = json.loads(record_path.read_text())
+        stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("settings") != settings:
             if not overwrite:
                 changed = next(k for k in settings if stored["settings"].get(k) != settings[k])
@@ -115,6 +115,6 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
         record["cases"][case] = tumor_removal_check(target, normal, label, region)
         write_image_atomic(liver, liver_path)
         tmp = record_path.with_name(f".{RECORD}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
+        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
         os.replace(tmp, record_path)
     return record

@@ -201,7 +201,7 @@ class _Log:
         if not self.enabled:
             return
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, self.FIELDS)
             if new:
                 writer.writeheader()
@@ -210,7 +210,7 @@ class _Log:
 
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -254,7 +254,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     ckpt = work / "checkpoint"
     settings = {"preset": name, "preset_values": asdict(preset), "seed": seed, "cases": len(cases)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
-    stored = json.loads((work / "settings.json").read_text()) if (work / "settings.json").exists() else None
+    stored = json.loads((work / "settings.json").read_text(encoding="utf-8")) if (work / "settings.json").exists() else None
     if (out_dir / BUNDLE_JSON).exists():
         if stored is None:
             raise ValueError(f"{out_dir}: holds a synthesis bundle without a training record; choose another "
@@ -278,7 +278,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     accelerator.wait_for_everyone()
     log = _Log(work / "log.csv", main)
     progress_path = work / "progress.json"
-    state = json.loads(progress_path.read_text()) if progress_path.exists() else {"autoencoder": 0, "unet": 0}
+    state = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.exists() else {"autoencoder": 0, "unet": 0}
 
     # ---- data ---------------------------------------------------------------------------------------------
     # one pass over `cases` (which may load each case lazily): keep only the working-spacing volumes and the

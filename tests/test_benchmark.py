@@ -58,7 +58,7 @@ def test_report_values_equal_hand_computed(tmp_path):
                                     "predict_status": "reused"}}
     summary = R.write_report(rows, tmp_path / "out", METHODS, PAIRS, {"dataset": "Dataset999_Toy"}, timings,
                              ["a warning"], {1.0: 8, 0.5: 4}, "Toy", 2.0)
-    text = summary.read_text()
+    text = summary.read_text(encoding="utf-8")
     b_line = next(line for line in text.splitlines() if line.startswith(f"| {METHODS[BM]} |"))
     # (b) tumor Dice 0.75, 0: mean 0.375, sample std 0.75/sqrt(2) = 0.530; HD95 missing for c2; recall 1/2
     assert "| 0.375 ± 0.530 |" in b_line and "(1 missing)" in b_line and "0.500 (1/2)" in b_line
@@ -180,11 +180,11 @@ def test_fraction_splits_are_nested_extra_folds(tmp_path):
     assert len(quarter["train"]) == 2 and len(half["train"]) == 4  # ceil(f * 8)
     assert set(quarter["train"]) <= set(half["train"]) <= set(splits[0]["train"])
     assert quarter["val"] == half["val"] == splits[0]["val"]
-    stored = (source / "splits_final.json").read_text()
-    assert json.loads((derived / "splits_final.json").read_text()) == json.loads(stored)
+    stored = (source / "splits_final.json").read_text(encoding="utf-8")
+    assert json.loads((derived / "splits_final.json").read_text(encoding="utf-8")) == json.loads(stored)
     # a re-run finds the same entries and leaves the file alone
     again, _ = B.prepare_splits(source, cases, [0, 1], [0.25, 0.5, 1.0], mirror_to=derived)
-    assert again == index and (source / "splits_final.json").read_text() == stored
+    assert again == index and (source / "splits_final.json").read_text(encoding="utf-8") == stored
     with pytest.raises(B.BenchmarkError, match="fold 7"):
         B.prepare_splits(source, cases, [7], [1.0])
 
@@ -199,30 +199,30 @@ def _fake_raw(root: Path, name="Dataset901_Toy", train=("case_000", "case_001"),
         (raw / sub).mkdir(parents=True)
     for case in train:
         for k in range(4):
-            (raw / "imagesTr" / f"{case}_{k:04d}.nii.gz").write_text(f"{case} {k}")
-        (raw / "labelsTr" / f"{case}.nii.gz").write_text(f"{case} label")
+            (raw / "imagesTr" / f"{case}_{k:04d}.nii.gz").write_text(f"{case} {k}", encoding="utf-8")
+        (raw / "labelsTr" / f"{case}.nii.gz").write_text(f"{case} label", encoding="utf-8")
     for case in test:
         for k in range(4):
-            (raw / "imagesTs" / f"{case}_{k:04d}.nii.gz").write_text(f"{case} {k}")
+            (raw / "imagesTs" / f"{case}_{k:04d}.nii.gz").write_text(f"{case} {k}", encoding="utf-8")
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {str(k): p for k, p in enumerate(PHASES)}, "labels": {"background": 0, "liver": 1,
                                                                                "tumor": 2},
-        "numTraining": len(train), "file_ending": ".nii.gz", "diff4mm": {"phases": PHASES, "reference": "PVP"}}))
+        "numTraining": len(train), "file_ending": ".nii.gz", "diff4mm": {"phases": PHASES, "reference": "PVP"}}), encoding="utf-8")
     return raw
 
 
 def test_derived_dataset_holds_the_reference_channel(tmp_path):
     raw = _fake_raw(tmp_path)
-    channel, phase = B.reference_channel(json.loads((raw / "dataset.json").read_text()))
+    channel, phase = B.reference_channel(json.loads((raw / "dataset.json").read_text(encoding="utf-8")))
     assert (channel, phase) == (2, "PVP")
     target = tmp_path / B.derived_dataset_name(raw.name, 951)
     assert target.name == "Dataset951_ToyRefPhase"
     B.derive_reference_phase_dataset(raw, target, channel, phase)
     assert sorted(p.name for p in (target / "imagesTr").iterdir()) == ["case_000_0000.nii.gz", "case_001_0000.nii.gz"]
     assert os.path.samefile(target / "imagesTr" / "case_001_0000.nii.gz", raw / "imagesTr" / "case_001_0002.nii.gz")
-    assert (target / "imagesTs" / "test_000_0000.nii.gz").read_text() == "test_000 2"
-    assert (target / "labelsTr" / "case_000.nii.gz").read_text() == "case_000 label"
-    data = json.loads((target / "dataset.json").read_text())
+    assert (target / "imagesTs" / "test_000_0000.nii.gz").read_text(encoding="utf-8") == "test_000 2"
+    assert (target / "labelsTr" / "case_000.nii.gz").read_text(encoding="utf-8") == "case_000 label"
+    data = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
     assert data["channel_names"] == {"0": "PVP"} and data["numTraining"] == 2
     assert data["diff4mm"]["derived_from"] == raw.name and data["diff4mm"]["phases"] == ["PVP"]
     # a case removed from the source disappears from the derived dataset on the next run
@@ -264,7 +264,7 @@ def test_missing_bundle_stops_before_training(tmp_path, nnunet_env, capsys):
     _fake_raw(nnunet_env.raw)
     labels = tmp_path / "labels"
     labels.mkdir()
-    (labels / "test_000.nii.gz").write_text("ref")
+    (labels / "test_000.nii.gz").write_text("ref", encoding="utf-8")
     common = ["-d", "901", "-o", str(tmp_path / "out"), "--test-labels", str(labels)]
     assert cli_main(common) == 1
     err = capsys.readouterr().err.strip()
@@ -313,7 +313,7 @@ def _raw_from_phantom(phantom: Path, raw: Path, train: list[str], test: list[str
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {str(k): p for k, p in enumerate(PHANTOM_PHASES)},
         "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": len(train), "file_ending": ".nii.gz",
-        "diff4mm": {"phases": list(PHANTOM_PHASES), "reference": REFERENCE_PHASE}}))
+        "diff4mm": {"phases": list(PHANTOM_PHASES), "reference": REFERENCE_PHASE}}), encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -322,7 +322,7 @@ def test_cpu_preset_end_to_end_on_tiny_phantom(tmp_path, nnunet_env, monkeypatch
 
     trainers = tmp_path / "trainers"
     trainers.mkdir()
-    (trainers / "benchmark_test_trainer.py").write_text(TINY_TRAINER)
+    (trainers / "benchmark_test_trainer.py").write_text(TINY_TRAINER, encoding="utf-8")
     monkeypatch.setenv("nnUNet_extTrainer", str(trainers))  # the plugin's start-up hook adds its own folder
     phantom = tmp_path / "phantom"
     names = write_phantom_dataset(phantom, PhantomConfig(spacing=(8.0, 8.0, 12.0), max_tumors=2), 3, 1,
@@ -331,22 +331,22 @@ def test_cpu_preset_end_to_end_on_tiny_phantom(tmp_path, nnunet_env, monkeypatch
     out = tmp_path / "out"
     args = ["-d", "850", "-o", str(out), "--phantom", str(phantom), "--arms", "a", "b", "--fractions", "0.5",
             "--trainers", "nnUNetTrainer_BenchmarkTest", "Diff4MMTrainer_Demo", "-np", "1"]
-    assert cli_main(args) == 0, [p.read_text()[-3000:] for p in (out / "logs").glob("*")]
+    assert cli_main(args) == 0, [p.read_text(encoding="utf-8")[-3000:] for p in (out / "logs").glob("*")]
 
     rows = R.read_csv(out / "per_case.csv")
     assert {(r["method"], r["fraction"]) for r in rows} == {(A, 0.5), (BM, 0.5)}
     assert all(r["case"] == "test_000" and 0.0 <= r["liver_dice"] <= 1.0 for r in rows)
-    splits = json.loads((nnunet_env.preprocessed / "Dataset850_Tiny" / "splits_final.json").read_text())
+    splits = json.loads((nnunet_env.preprocessed / "Dataset850_Tiny" / "splits_final.json").read_text(encoding="utf-8"))
     assert len(splits) == 4 and len(splits[3]["train"]) == 1  # 3 folds (3 cases) + the fraction-0.5 subset
     derived = "Dataset950_TinyRefPhase"  # ID + 100
-    assert json.loads((nnunet_env.preprocessed / derived / "splits_final.json").read_text()) == splits
-    plans = {name: json.loads((nnunet_env.preprocessed / name / "Diff4MMCPUPlans.json").read_text())
+    assert json.loads((nnunet_env.preprocessed / derived / "splits_final.json").read_text(encoding="utf-8")) == splits
+    plans = {name: json.loads((nnunet_env.preprocessed / name / "Diff4MMCPUPlans.json").read_text(encoding="utf-8"))
              for name in ("Dataset850_Tiny", derived)}
     assert plans[derived] == B.transferred_plans(plans["Dataset850_Tiny"], derived, 2)  # PVP = channel 2
     assert (nnunet_env.results / derived / "nnUNetTrainer_BenchmarkTest__Diff4MMCPUPlans__3d_fullres" / "fold_3" /
             "checkpoint_final.pth").is_file()
-    assert "This split has 1 training" in (out / "logs" / f"train_{A}_frac0.5_fold0.log").read_text()
-    summary = (out / "summary.md").read_text()
+    assert "This split has 1 training" in (out / "logs" / f"train_{A}_frac0.5_fold0.log").read_text(encoding="utf-8")
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "| (b) − (a) |" in summary and "## Labelled fraction 0.5" in summary
 
     # a re-run trains and predicts nothing: it only re-evaluates
@@ -354,8 +354,8 @@ def test_cpu_preset_end_to_end_on_tiny_phantom(tmp_path, nnunet_env, monkeypatch
     logs = sorted(p.name for p in (out / "logs").iterdir())
     assert cli_main(args) == 0
     assert sorted(p.name for p in (out / "logs").iterdir()) == logs
-    assert all((out / "logs" / n).read_text().count("\n$ ") == 1 for n in logs)  # one command each, run once
+    assert all((out / "logs" / n).read_text(encoding="utf-8").count("\n$ ") == 1 for n in logs)  # one command each, run once
     assert (out / "per_case.csv").stat().st_mtime_ns > stamp
-    timings = json.loads((out / "timings.json").read_text())
+    timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
     assert {t["train_status"] for t in timings.values()} == {"reused"}
     assert {t["predict_status"] for t in timings.values()} == {"reused"}

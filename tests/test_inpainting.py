@@ -127,7 +127,7 @@ def test_model_fills_only_the_hole_and_round_trips_through_safetensors(dims, tmp
 
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    config = json.loads((tmp_path / "config.json").read_text())
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert config["in_phases"] == ["NC", "PVP"] and config["spatial_dims"] == dims
     weights = load_file(tmp_path / "diffusion_pytorch_model.safetensors")  # no pickle involved
     state = model.state_dict()
@@ -156,10 +156,10 @@ def test_fourier_branch_sees_the_whole_patch():
 
 def test_training_reduces_the_loss_and_writes_a_loadable_model(trained):
     out, model = trained
-    history = json.loads((out / "training.json").read_text())["history"]
+    history = json.loads((out / "training.json").read_text(encoding="utf-8"))["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]
-    assert (out / "loss.csv").read_text().splitlines()[0] == "epoch,loss,l1,texture,seconds"
+    assert (out / "loss.csv").read_text(encoding="utf-8").splitlines()[0] == "epoch,loss,l1,texture,seconds"
     loaded = load_inpainter(out)
     assert loaded.config.in_phases == list(PHASES)
     state = model.state_dict()
@@ -174,10 +174,10 @@ def test_resume_continues_to_the_weights_of_an_uninterrupted_run(case, tmp_path)
     uninterrupted = train(tmp_path / "straight", 2)
     interrupted = tmp_path / "resumed"
     train(interrupted, 1)  # as if stopped after epoch 1
-    state = json.loads((interrupted / "training.json").read_text())
+    state = json.loads((interrupted / "training.json").read_text(encoding="utf-8"))
     assert state["epochs_done"] == 1 and (interrupted / state["checkpoint"] / "optimizer.pt").is_file()
     resumed = train(interrupted, 2)
-    assert json.loads((interrupted / "training.json").read_text())["epochs_done"] == 2
+    assert json.loads((interrupted / "training.json").read_text(encoding="utf-8"))["epochs_done"] == 2
     assert not (interrupted / "checkpoints" / "epoch_0001").exists()  # only the latest checkpoint is kept
     reference = uninterrupted.state_dict()
     for key, value in resumed.state_dict().items():

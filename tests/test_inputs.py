@@ -120,7 +120,7 @@ def snapshot(root: Path) -> list[tuple[str, int, int]]:
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "nnunetv2_diff4mm.cli.validate", *map(str, args)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120,
     )
 
 
@@ -133,8 +133,8 @@ def dataset(tmp_path: Path) -> Path:
     write_case(root, "case_003", labelled=False)
     (root / "ground_truth").mkdir()
     (root / ".cache").mkdir()
-    (root / "notes.txt").write_text("not a case")
-    (root / "case_001" / "README.txt").write_text("ignored")
+    (root / "notes.txt").write_text("not a case", encoding="utf-8")
+    (root / "case_001" / "README.txt").write_text("ignored", encoding="utf-8")
     return root
 
 
@@ -173,7 +173,7 @@ def _label_with(value: float, dtype=np.uint8) -> Callable[[Path], None]:
 BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     # kind: (breaker applied to case_002, offending file, expected text)
     "missing_phase": (lambda r: (r / C2 / "AP.nii.gz").unlink(), "AP.nii.gz", "missing phase AP"),
-    "unreadable": (lambda r: (r / C2 / "AP.nii.gz").write_text("not an image\n"),
+    "unreadable": (lambda r: (r / C2 / "AP.nii.gz").write_text("not an image\n", encoding="utf-8"),
                    f"{C2}/AP.nii.gz", "cannot be read as an image"),
     "label_size": (lambda r: _replace(r / C2 / "label.nii.gz", make_label(size=(12, 10, 9))),
                    f"{C2}/label.nii.gz", "size 12x10x9 vs 12x10x8"),
@@ -248,7 +248,7 @@ def test_missing_phase_message_format(dataset: Path) -> None:
 
 def test_parallel_validation_raises_first_error_in_case_order(dataset: Path) -> None:
     _nan_phase(dataset)  # case_002
-    (dataset / "case_003" / "NC.nii.gz").write_text("garbage")
+    (dataset / "case_003" / "NC.nii.gz").write_text("garbage", encoding="utf-8")
     with pytest.raises(InputError, match=r"^case_002/AP\.nii\.gz: "):
         validate_dataset(dataset, num_processes=2)
 
@@ -373,10 +373,10 @@ def test_write_image_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> 
 
 def test_write_image_atomic_failure_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "out.xyz"
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     with pytest.raises(RuntimeError):
         write_image_atomic(make_image(), target)
-    assert target.read_text() == "old"
+    assert target.read_text(encoding="utf-8") == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz"]
     with pytest.raises(ValueError, match="single-file format"):
         write_image_atomic(make_image(), tmp_path / "out.mhd")

@@ -28,7 +28,7 @@ def test_nnunet_finds_diff4mm_trainers_by_name_without_configuration():
             "for name in ('Diff4MMTrainer', 'Diff4MMTrainer_synthetic25', 'nnUNetTrainer_Diff4MMDemo'):\n"
             "    cls = find(name)\n"
             "    print(cls.__name__, [b.__name__ for b in cls.__mro__][:3])\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, cwd="/")
     assert result.returncode == 0, result.stderr[-1500:]
     assert "Diff4MMTrainer ['Diff4MMTrainer', 'nnUNetTrainer'" in result.stdout
     assert "Diff4MMTrainer_synthetic25 ['Diff4MMTrainer_synthetic25', 'Diff4MMTrainer', 'nnUNetTrainer']" in \
@@ -38,7 +38,7 @@ def test_nnunet_finds_diff4mm_trainers_by_name_without_configuration():
 def test_user_trainer_paths_are_kept():
     env = {**os.environ, "nnUNet_extTrainer": "/my/trainers"}
     out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['nnUNet_extTrainer'])"],
-                         capture_output=True, text=True, env=env, cwd="/").stdout.strip()
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, cwd="/").stdout.strip()
     assert out.split(os.pathsep)[0] == "/my/trainers" and out.endswith("nnunet_trainers")
 
 

@@ -63,7 +63,7 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(phantom, tmp_pat
 
 def _liver_and_tumor_hu(phantom: Path, case: str):
     """Mean HU per phase of healthy liver and of each labelled tumor's core, on the reference grid."""
-    info = json.loads((phantom / "ground_truth" / case / "case.json").read_text())
+    info = json.loads((phantom / "ground_truth" / case / "case.json").read_text(encoding="utf-8"))
     label_img = sitk.ReadImage(str(phantom / "ground_truth" / case / "label.nii.gz"))
     label = sitk.GetArrayFromImage(label_img)
     tumor_free = sitk.GetArrayFromImage(sitk.BinaryErode(label_img == 1, [2, 2, 1])) > 0
@@ -113,7 +113,7 @@ def test_phases_are_misaligned_and_ground_truth_realigns_them(phantom):
     gt = phantom / "ground_truth" / "case_001"
     reference = sitk.ReadImage(str(gt / "label.nii.gz"))
     ref_liver = sitk.GetArrayFromImage(reference) > 0
-    info = json.loads((gt / "case.json").read_text())
+    info = json.loads((gt / "case.json").read_text(encoding="utf-8"))
     for phase in ("NC", "AP", "DELAY"):
         phase_label = sitk.ReadImage(str(gt / f"{phase}_label.nii.gz"))
         as_is = sitk.Resample(phase_label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -153,9 +153,9 @@ def test_refuses_folder_of_other_settings_or_foreign_content(tmp_path):
     assert _files(out) == before
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
+    (foreign / "notes.txt").write_text("mine", encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.phantom", "-o", str(foreign),
-                             "--cases", "1"], capture_output=True, text=True)
+                             "--cases", "1"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "phantom.json" in result.stderr
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
@@ -177,7 +177,7 @@ def test_tumors_lie_inside_the_liver_with_realistic_sizes():
 def test_montage_cli_draws_four_phases_with_label_contours(phantom, tmp_path):
     png = tmp_path / "case.png"
     result = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.montage", str(phantom / "case_001"),
-                             "-o", str(png)], capture_output=True, text=True)
+                             "-o", str(png)], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stderr
     import matplotlib.image
 

@@ -31,7 +31,7 @@ def registered(tmp_path_factory):
 def test_layout_and_dataset_json_follow_nnunet(registered):
     root, target = registered
     assert target.name == "Dataset503_Reg"
-    data = json.loads((target / "dataset.json").read_text())
+    data = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
     assert data["channel_names"] == {"0": "CT", "1": "CT", "2": "CT", "3": "CT"}
     assert data["labels"] == {"background": 0, "liver": 1, "tumor": 2} and data["numTraining"] == 2
     assert data["diff4mm"]["phases"] == ["NC", "AP", "PVP", "DELAY"] and data["diff4mm"]["reference"] == "PVP"
@@ -40,7 +40,7 @@ def test_layout_and_dataset_json_follow_nnunet(registered):
     for k in range(4):  # every phase on the reference grid
         img = sitk.ReadImage(str(target / "imagesTr" / f"case_000_{k:04d}.nii.gz"))
         assert img.GetSize() == pvp.GetSize() and img.GetSpacing() == pytest.approx(pvp.GetSpacing())
-    qa = json.loads((target / "diff4mm" / "registration" / "test_000" / "qa.json").read_text())
+    qa = json.loads((target / "diff4mm" / "registration" / "test_000" / "qa.json").read_text(encoding="utf-8"))
     assert qa["mask"] == "body"  # unlabelled case: body-mask fallback, recorded
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
@@ -94,6 +94,6 @@ def test_bad_input_fails_before_anything_is_written(registered, tmp_path):
         write_registered_dataset(bad, 504, "Bad", tmp_path / "raw", settings=DEFAULT, progress=False)
     assert not (tmp_path / "raw").exists()
     result = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.register", str(bad), "-d", "504", "-n",
-                             "Bad", "--nnunet-raw", str(tmp_path / "raw")], capture_output=True, text=True)
+                             "Bad", "--nnunet-raw", str(tmp_path / "raw")], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "values outside" in result.stderr
     assert not (tmp_path / "raw").exists()

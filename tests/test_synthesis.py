@@ -47,7 +47,7 @@ def _write_phantom_dataset(folder, n_cases, normal=True):
                                folder / "diff4mm/normal/labelsTr" / f"{case.name}.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({
         "channel_names": {str(k): "CT" for k in range(4)}, "labels": {"background": 0, "liver": 1, "tumor": 2},
-        "numTraining": n_cases, "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES), "reference": "PVP"}}))
+        "numTraining": n_cases, "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES), "reference": "PVP"}}), encoding="utf-8")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -144,7 +144,7 @@ def test_bundle_holds_only_safetensors_and_reloads_bit_identically(bundle, tmp_p
                        intensity_window_hu=loaded.intensity_window_hu, blend_margin_mm=loaded.blend_margin_mm,
                        ddim_steps=loaded.ddim_steps, mask_distribution=loaded.mask_distribution)
     again = load_bundle(copy)
-    weight_hashes = {k: v for k, v in json.loads((copy / BUNDLE_JSON).read_text())["files"].items()
+    weight_hashes = {k: v for k, v in json.loads((copy / BUNDLE_JSON).read_text(encoding="utf-8"))["files"].items()
                      if k.endswith(".safetensors")}
     assert weight_hashes == {k: v for k, v in loaded.info["files"].items() if k.endswith(".safetensors")}
     for name in ("autoencoder", "unet"):
@@ -175,9 +175,9 @@ def test_corrupted_or_incomplete_bundle_raises_one_clear_line(bundle, tmp_path):
 
     old = tmp_path / "old"
     shutil.copytree(bundle, old)
-    config = json.loads((old / BUNDLE_JSON).read_text())
+    config = json.loads((old / BUNDLE_JSON).read_text(encoding="utf-8"))
     config["format_version"] = 0
-    (old / BUNDLE_JSON).write_text(json.dumps(config))
+    (old / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(BundleError, match="format_version 0"):
         load_bundle(old)
 
@@ -244,7 +244,7 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
                                 "--device", "cpu"]) == 0
     assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [f"syn_{i:04d}.nii.gz" for i in range(3)]
     assert len(list((out / "imagesTr").iterdir())) == 12 and len(list((out / "montages").glob("*.png"))) == 3
-    dataset = json.loads((out / "dataset.json").read_text())
+    dataset = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert dataset["numTraining"] == 3 and dataset["diff4mm"]["phases"] == list(PHASES)
     lab = sitk.ReadImage(str(out / "labelsTr" / "syn_0000.nii.gz"))
     img = sitk.ReadImage(str(out / "imagesTr" / "syn_0000_0002.nii.gz"))
@@ -259,9 +259,9 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
     err = capsys.readouterr().err
     assert err.startswith("diff4mm_synthesize: error: ") and "diff4mm_inpaint" in err and err.count("\n") == 1
 
-    phases = json.loads((other / "dataset.json").read_text())
+    phases = json.loads((other / "dataset.json").read_text(encoding="utf-8"))
     phases["diff4mm"]["phases"] = ["AP", "PVP"]
-    (other / "dataset.json").write_text(json.dumps(phases))
+    (other / "dataset.json").write_text(json.dumps(phases), encoding="utf-8")
     assert synthesize_cli.main([str(bundle), "-d", "991", "-n", "1", "-o", str(tmp_path / "y")]) == 1
     assert "['AP', 'PVP']" in capsys.readouterr().err
     assert synthesize_cli.main([str(tmp_path / "nobundle"), "-d", "990", "-n", "1", "-o", str(tmp_path / "z")]) == 1
@@ -290,10 +290,10 @@ def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeyp
     monkeypatch.setattr(training, "_unet_validation", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
-    assert json.loads((tmp_path / "resumed/training/progress.json").read_text()) == {"autoencoder": 2, "unet": 1}
+    assert json.loads((tmp_path / "resumed/training/progress.json").read_text(encoding="utf-8")) == {"autoencoder": 2, "unet": 1}
     monkeypatch.setattr(training, "_unet_validation", real_validation)
     training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
-    log = (tmp_path / "resumed/training/log.csv").read_text().splitlines()
+    log = (tmp_path / "resumed/training/log.csv").read_text(encoding="utf-8").splitlines()
     assert [row.split(",")[:2] for row in log[1:]] == [["autoencoder", "1"], ["autoencoder", "2"], ["unet", "1"],
                                                         ["unet", "2"]]
     a, b = load_bundle(reference), load_bundle(tmp_path / "resumed")

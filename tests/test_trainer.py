@@ -52,7 +52,7 @@ def nnunet_env(tmp_path_factory):
 def _train(env, trainer, *extra, epochs=1):
     cmd = [str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET), "3d_fullres", "all", "-tr", trainer, "-p", "Diff4MMCPUPlans",
            "-device", "cpu", *extra]
-    result = subprocess.run(cmd, env={**env, "DIFF4MM_TEST_EPOCHS": str(epochs)}, capture_output=True, text=True)
+    result = subprocess.run(cmd, env={**env, "DIFF4MM_TEST_EPOCHS": str(epochs)}, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout
 

@@ -44,7 +44,7 @@ def case_errors(phantom_dir: Path, raw_dir: Path, case: str, phases: list[str], 
 
 
 def registration_errors(phantom_dir: Path, raw_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    data = json.loads((Path(raw_dir) / "dataset.json").read_text())
+    data = json.loads((Path(raw_dir) / "dataset.json").read_text(encoding="utf-8"))
     phases, ending = data["diff4mm"]["phases"], data.get("file_ending", ".nii.gz")
     cases = sorted(p.name[: -len(f"_0000{ending}")] for folder in ("imagesTr", "imagesTs")
                    for p in (Path(raw_dir) / folder).glob(f"*_0000{ending}"))

@@ -34,7 +34,7 @@ def write_csv(rows: Sequence[dict], path) -> Path:
     """One line per row; NaN written as `nan`, fractions as %g."""
     path = Path(path)
     tmp = _atomic_path(path)
-    with open(tmp, "w", newline="") as handle:
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -47,7 +47,7 @@ def write_csv(rows: Sequence[dict], path) -> Path:
 
 def read_csv(path) -> list[dict]:
     rows = []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         for raw in csv.DictReader(handle):
             row = {"method": raw["method"], "fraction": float(raw["fraction"]), "fold": int(raw["fold"]),
                    "case": raw["case"]}
@@ -296,6 +296,6 @@ def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tupl
     summary = out_dir / "summary.md"
     tmp = _atomic_path(summary)
     tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, (BOXPLOT_PNG, EFFICIENCY_PNG), warnings,
-                                    title, nsd_tolerance_mm))
+                                    title, nsd_tolerance_mm), encoding="utf-8")
     os.replace(tmp, summary)
     return summary

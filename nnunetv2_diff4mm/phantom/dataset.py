@@ -126,7 +126,7 @@ def write_case(case: PhantomCase, out_dir: Path) -> None:
     for key, image in case.ground_truth.items():
         write_image_atomic(image, gt_dir / f"{key}.nii.gz")
     tmp_json = gt_dir / ".case.json.tmp"
-    tmp_json.write_text(json.dumps(case.info, indent=1))
+    tmp_json.write_text(json.dumps(case.info, indent=1), encoding="utf-8")
     os.replace(tmp_json, gt_dir / "case.json")
 
     staging = out_dir / f".{case.name}.partial"
@@ -146,7 +146,7 @@ class PhantomFolderError(ValueError):
 def _check_output_folder(out_dir: Path, config: PhantomConfig) -> None:
     settings = out_dir / "phantom.json"
     if settings.exists():
-        stored = json.loads(settings.read_text())
+        stored = json.loads(settings.read_text(encoding="utf-8"))
         wanted = config.to_json()
         diff = [k for k in wanted if stored.get(k) != wanted[k]]
         if diff:
@@ -177,7 +177,7 @@ def write_phantom_dataset(out_dir, config: PhantomConfig, cases: int, test_cases
     settings = out_dir / "phantom.json"
     if not settings.exists():
         tmp = out_dir / ".phantom.json.tmp"
-        tmp.write_text(json.dumps(config.to_json(), indent=1))
+        tmp.write_text(json.dumps(config.to_json(), indent=1), encoding="utf-8")
         os.replace(tmp, settings)
     jobs = [(split, i) for split, n in (("train", cases), ("test", test_cases)) for i in range(n)]
     todo = [(config, s, i, str(out_dir)) for s, i in jobs if not (out_dir / case_name(s, i)).is_dir()]

@@ -54,7 +54,7 @@ class SyntheticMixDataset:
             except (OSError, ValueError, KeyError):
                 pass  # a slot being replaced or damaged: fall back below
         try:
-            with open(self.pool_folder / FALLBACK_LOG, "a") as fh:
+            with open(self.pool_folder / FALLBACK_LOG, "a", encoding="utf-8") as fh:
                 fh.write(f"{os.getpid()} {identifier}\n")
         except OSError:
             pass  # the pool folder is gone (e.g. removed by hand): still serve a real case
@@ -64,7 +64,7 @@ class SyntheticMixDataset:
 
 def fallback_count(pool_folder: Path) -> int:
     try:
-        with open(Path(pool_folder) / FALLBACK_LOG) as fh:
+        with open(Path(pool_folder) / FALLBACK_LOG, encoding="utf-8") as fh:
             return sum(1 for _ in fh)
     except OSError:
         return 0

@@ -84,5 +84,5 @@ def preprocess_normal_cases(normal_dir: Path, case_ids: list[str], num_channels:
                      spacing=np.asarray(configuration_manager.spacing, float), fingerprint=np.asarray(stamp))
         os.replace(tmp, target)
         out.append(target)
-    (cache_dir / "cases.json").write_text(json.dumps([p.stem for p in out]))
+    (cache_dir / "cases.json").write_text(json.dumps([p.stem for p in out]), encoding="utf-8")
     return out

@@ -41,14 +41,14 @@ def slots(folder: Path) -> list[Path]:
 
 def read_status(folder: Path) -> dict:
     try:
-        return json.loads((Path(folder) / "status.json").read_text())
+        return json.loads((Path(folder) / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, path)
 
 
