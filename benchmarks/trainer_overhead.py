@@ -5,7 +5,7 @@ nnU-Net's own command, unless their results already exist (e.g. from the demo's 
 per-epoch times and synthesis times from nnU-Net's training logs and prints them side by side.
 Goal on CPU: ratio <= 1.15.
 
-    python benchmarks/trainer_overhead.py -d 501 [--plans Diff4MMCPUPlans] [--fold 0] [--train]
+    python benchmarks/trainer_overhead.py -d 501 [--plans Diff4MMCPUPlans] [--fold 0] [--train [--device cuda]]
 (with nnUNet_raw / nnUNet_preprocessed / nnUNet_results set, e.g. to the demo's folders under demo_output/)
 """
 from __future__ import annotations
@@ -45,12 +45,13 @@ def main(argv=None) -> int:
     p.add_argument("--plans", default="Diff4MMCPUPlans")
     p.add_argument("--fold", default="0")
     p.add_argument("--train", action="store_true", help="train both arms now (back to back) if not finished")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="nnUNetv2_train -device (with --train)")
     args = p.parse_args(argv)
     for trainer in (BASELINE, DIFF4MM):
         folder = _fold_folder(args.dataset, trainer, args.plans, args.fold)
         if args.train and not (folder / "checkpoint_final.pth").is_file():
             subprocess.run([str(Path(sys.executable).parent / "nnUNetv2_train"), args.dataset, "3d_fullres",
-                            args.fold, "-tr", trainer, "-p", args.plans, "-device", "cpu"], check=True)
+                            args.fold, "-tr", trainer, "-p", args.plans, "-device", args.device], check=True)
     base, _ = epoch_times(_fold_folder(args.dataset, BASELINE, args.plans, args.fold))
     ours, synth = epoch_times(_fold_folder(args.dataset, DIFF4MM, args.plans, args.fold))
     # epoch 0 carries start-up work (worker spawn, first compile/caches) in both arms: compare the rest
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     print(f"{'trainer':<28}{'epochs':>7}{'s/epoch (mean, epochs 1..)':>30}{'synthesis s/sample':>22}")
     print(f"{BASELINE:<28}{len(base):>7}{b:>30.2f}{'-':>22}")
     print(f"{DIFF4MM:<28}{len(ours):>7}{o:>30.2f}{(statistics.mean(synth) if synth else float('nan')):>22.2f}")
-    print(f"epoch-time ratio Diff4MM / nnU-Net: {o / b:.3f}  (goal <= 1.15 on CPU)")
+    print(f"epoch-time ratio Diff4MM / nnU-Net: {o / b:.3f}  (goal <= 1.15 on CPU)", flush=True)
     return 0
 
 

@@ -210,12 +210,17 @@ def read_dataset_json(raw_folder: Path) -> dict:
 
 def reference_channel(dataset_json: dict, reference_phase: str | None = None) -> tuple[int, str]:
     """(channel index, phase name) of the reference phase: the given name, else dataset.json's
-    "diff4mm"."reference", looked up in channel_names."""
+    "diff4mm"."reference"; looked up in "diff4mm"."phases" (datasets written by diff4mm_register, whose
+    channel_names are all "CT") or else in channel_names (datasets named by phase)."""
+    extra = dataset_json.get("diff4mm") or {}
     names = {int(k): v for k, v in dataset_json.get("channel_names", dataset_json.get("modality", {})).items()}
-    phase = reference_phase or (dataset_json.get("diff4mm") or {}).get("reference")
+    phase = reference_phase or extra.get("reference")
     if phase is None:
         raise BenchmarkError("dataset.json names no reference phase (\"diff4mm\": {\"reference\": ...}); "
                              "pass --reference-phase")
+    phases = extra.get("phases")
+    if phases and len(phases) == len(names):
+        names = dict(enumerate(phases))
     matches = [k for k, v in names.items() if v == phase]
     if len(matches) != 1:
         raise BenchmarkError(f"reference phase {phase} is not exactly one of the channels "
@@ -273,7 +278,8 @@ def derive_reference_phase_dataset(source_raw: Path, target_raw: Path, channel: 
             if stale.name not in wanted:
                 stale.unlink()
     derived = dict(data)
-    derived["channel_names"] = {"0": phase}
+    # the source channel's normalisation name ("CT" from diff4mm_register): arm (a) is normalised like the others
+    derived["channel_names"] = {"0": data.get("channel_names", data.get("modality", {}))[str(channel)]}
     derived.pop("modality", None)
     derived["name"] = target_raw.name.split("_", 1)[1]
     derived["description"] = f"{phase} channel of {source_raw.name} (diff4mm_benchmark arm a)"

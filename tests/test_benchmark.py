@@ -193,7 +193,8 @@ def test_fraction_splits_are_nested_extra_folds(tmp_path):
 PHASES = ["NC", "AP", "PVP", "DELAY"]
 
 
-def _fake_raw(root: Path, name="Dataset901_Toy", train=("case_000", "case_001"), test=("test_000",)) -> Path:
+def _fake_raw(root: Path, name="Dataset901_Toy", train=("case_000", "case_001"), test=("test_000",),
+              channel_names=tuple(PHASES)) -> Path:
     raw = root / name
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (raw / sub).mkdir(parents=True)
@@ -205,14 +206,15 @@ def _fake_raw(root: Path, name="Dataset901_Toy", train=("case_000", "case_001"),
         for k in range(4):
             (raw / "imagesTs" / f"{case}_{k:04d}.nii.gz").write_text(f"{case} {k}", encoding="utf-8")
     (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(k): p for k, p in enumerate(PHASES)}, "labels": {"background": 0, "liver": 1,
-                                                                               "tumor": 2},
+        "channel_names": {str(k): p for k, p in enumerate(channel_names)}, "labels": {"background": 0, "liver": 1,
+                                                                                      "tumor": 2},
         "numTraining": len(train), "file_ending": ".nii.gz", "diff4mm": {"phases": PHASES, "reference": "PVP"}}), encoding="utf-8")
     return raw
 
 
-def test_derived_dataset_holds_the_reference_channel(tmp_path):
-    raw = _fake_raw(tmp_path)
+@pytest.mark.parametrize("channel_names", [tuple(PHASES), ("CT",) * 4], ids=["named_by_phase", "diff4mm_register"])
+def test_derived_dataset_holds_the_reference_channel(tmp_path, channel_names):
+    raw = _fake_raw(tmp_path, channel_names=channel_names)
     channel, phase = B.reference_channel(json.loads((raw / "dataset.json").read_text(encoding="utf-8")))
     assert (channel, phase) == (2, "PVP")
     target = tmp_path / B.derived_dataset_name(raw.name, 951)
@@ -223,7 +225,7 @@ def test_derived_dataset_holds_the_reference_channel(tmp_path):
     assert (target / "imagesTs" / "test_000_0000.nii.gz").read_text(encoding="utf-8") == "test_000 2"
     assert (target / "labelsTr" / "case_000.nii.gz").read_text(encoding="utf-8") == "case_000 label"
     data = json.loads((target / "dataset.json").read_text(encoding="utf-8"))
-    assert data["channel_names"] == {"0": "PVP"} and data["numTraining"] == 2
+    assert data["channel_names"] == {"0": channel_names[2]} and data["numTraining"] == 2  # normalised as before
     assert data["diff4mm"]["derived_from"] == raw.name and data["diff4mm"]["phases"] == ["PVP"]
     # a case removed from the source disappears from the derived dataset on the next run
     for p in raw.glob("*/case_001*"):
@@ -311,7 +313,7 @@ def _raw_from_phantom(phantom: Path, raw: Path, train: list[str], test: list[str
         if case in train:
             os.link(truth / "label.nii.gz", raw / "labelsTr" / f"{case}.nii.gz")
     (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(k): p for k, p in enumerate(PHANTOM_PHASES)},
+        "channel_names": {str(k): "CT" for k in range(len(PHANTOM_PHASES))},  # as diff4mm_register writes
         "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": len(train), "file_ending": ".nii.gz",
         "diff4mm": {"phases": list(PHANTOM_PHASES), "reference": REFERENCE_PHASE}}), encoding="utf-8")
 

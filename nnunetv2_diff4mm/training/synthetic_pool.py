@@ -103,15 +103,19 @@ def produce(settings: PoolSettings, stop_event=None, max_samples: int | None = N
 
     folder = Path(settings.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    status = {"produced": 0, "seconds": 0.0, "error": None, "pid": os.getpid()}
+    # counts continue from the folder's status (the trainer's inline prefill, then this background producer), so
+    # the trainer's per-epoch difference of "produced" is the number synthesised in that epoch
+    previous = read_status(folder)
+    status = {"produced": int(previous.get("produced", 0)), "seconds": float(previous.get("seconds", 0.0)),
+              "error": None, "pid": os.getpid()}
+    target = None if max_samples is None else status["produced"] + max_samples
     try:
         torch.set_num_threads(settings.torch_threads)
         synthesizer = Synthesizer.from_bundle(settings.bundle, device=settings.device)
         mappings = [IntensityMapping(**m) for m in settings.intensity]
         rng = np.random.default_rng(settings.seed)
         index = len(slots(folder)) % settings.size
-        while (stop_event is None or not stop_event.is_set()) and (max_samples is None
-                                                                    or status["produced"] < max_samples):
+        while (stop_event is None or not stop_event.is_set()) and (target is None or status["produced"] < target):
             start = time.perf_counter()
             normal = settings.normal_files[int(rng.integers(len(settings.normal_files)))]
             save_sample(folder, index, make_sample(synthesizer, normal, mappings, settings.foreground_labels, rng))
