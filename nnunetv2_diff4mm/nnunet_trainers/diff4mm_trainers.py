@@ -31,10 +31,12 @@ class Diff4MMTrainer_250epochs(Diff4MMTrainer):
 
 
 def _use_demo_schedule(trainer) -> None:
-    """The short CPU schedule shared by both arms of the demo and the CPU benchmark."""
-    trainer.num_epochs = 10
-    trainer.num_iterations_per_epoch = 25
-    trainer.num_val_iterations_per_epoch = 5
+    """The short CPU schedule shared by both arms of the demo and the CPU benchmark: 8 epochs of 20 iterations,
+    so that the demo's six trainings (3 arms x 2 labelled fractions, ~3 min each on 2 cores) keep the whole demo
+    under 30 minutes (10 x 25 measured 4.2 min per training, 33 min in all)."""
+    trainer.num_epochs = 8
+    trainer.num_iterations_per_epoch = 20
+    trainer.num_val_iterations_per_epoch = 4
 
 
 class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
