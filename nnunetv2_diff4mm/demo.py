@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +41,17 @@ class Stage:
     result: str = ""
 
 
+def _summary_line(log: Path, output: Path) -> str:
+    """The last line a stage's command printed (every diff4mm_* command ends with a one-line summary), with
+    absolute paths shortened to the demo folder's name, for the report's stage table."""
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+             .splitlines() if line.strip()]
+    if not lines:
+        return ""
+    root = str(output.resolve().parent) + os.sep
+    return lines[-1].replace(root, "").replace("|", "/")
+
+
 @dataclass
 class DemoRun:
     settings: DemoSettings
@@ -66,7 +78,7 @@ class DemoRun:
         if proc.returncode != 0:
             tail = log.read_text(encoding="utf-8").strip().splitlines()[-5:]
             raise RuntimeError(f"demo stage '{name}' failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
-        stage.result = result() if result else ""
+        stage.result = result() if result else _summary_line(log, self.settings.output)
         self.stages.append(stage)
         print(f"[diff4mm demo] {name}: done in {stage.seconds:.1f} s {stage.result}", flush=True)
 
@@ -92,7 +104,8 @@ def _inpainting_table(run: DemoRun) -> list[str]:
     for case, phases in record["cases"].items():
         for phase, r in phases.items():
             before = "–" if r["region_mean_before"] is None else f"{r['region_mean_before']:.0f}"
-            lines.append(f"| {case} | {phase} | {before} | {r['region_mean_after']:.0f} | "
+            after = "–" if r["region_mean_before"] is None else f"{r['region_mean_after']:.0f}"  # no tumor
+            lines.append(f"| {case} | {phase} | {before} | {after} | "
                          f"{r['healthy_mean']:.0f} ± {r['healthy_std']:.0f} | {'yes' if r['ok'] else 'NO'} |")
     return lines
 
@@ -156,8 +169,10 @@ def _write_report(run: DemoRun) -> Path:
         lines += [f"## {title}", "", *body, ""]
     bench = out / "benchmark" / "summary.md"
     if bench.is_file():
-        lines += ["## Benchmark against nnU-Net (stage 4)", "", bench.read_text(encoding="utf-8").strip(), ""]
-        lines += [f"![{p.stem}]({os.path.relpath(p, out)})" for p in sorted((out / "benchmark").glob("*.png"))]
+        # the summary's figure links are relative to the benchmark folder: point them there from the report
+        summary = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", lambda m: f"]({os.path.relpath(bench.parent / m.group(1), out)})",
+                         bench.read_text(encoding="utf-8").strip())
+        lines += ["## Benchmark against nnU-Net (stage 4)", "", summary, ""]
     montages = sorted((out / "qa").glob("*.png"))
     montages += sorted((_raw(run) / "diff4mm" / "registration").glob("*/montage.png"))[:2]
     montages += sorted((_raw(run) / "diff4mm" / "normal" / "qa").glob("*.png"))[:2]

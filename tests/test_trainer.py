@@ -120,3 +120,25 @@ def test_broken_bundle_falls_back_to_real_samples(nnunet_env, tmp_path):
     assert "Diff4MM: synthesis disabled, training on real samples only" in out
     assert "synthetic fraction used 0.000 (0/8 samples)" in out
     assert (_fold(root, "Diff4MMTrainer_TestFallback") / "checkpoint_final.pth").is_file()
+
+
+def test_inline_prefill_keeps_the_trainers_threads_and_status_counts_continue(tmp_path):
+    """The prefill runs produce() inside the trainer: it must not set the trainer's torch threads (one thread
+    cost a 2-core CPU training ~25 % epoch time), and a producer continues the folder's counts."""
+    import json
+
+    from nnunetv2_diff4mm.training.synthetic_pool import PoolSettings, produce, read_status
+
+    (tmp_path / "status.json").write_text(json.dumps({"produced": 3, "seconds": 1.5}), encoding="utf-8")
+    settings = PoolSettings(folder=str(tmp_path), bundle=str(tmp_path / "no_bundle"), normal_files=[],
+                            intensity=[], foreground_labels=[2])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        produce(settings, max_samples=1)  # fails to load the bundle, and reports it in status.json
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    status = read_status(tmp_path)
+    assert status["produced"] == 3 and status["seconds"] == 1.5
+    assert status["error"] and "no_bundle" in status["error"] + status["traceback"]

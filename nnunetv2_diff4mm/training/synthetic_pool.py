@@ -110,7 +110,8 @@ def produce(settings: PoolSettings, stop_event=None, max_samples: int | None = N
               "error": None, "pid": os.getpid()}
     target = None if max_samples is None else status["produced"] + max_samples
     try:
-        torch.set_num_threads(settings.torch_threads)
+        if stop_event is not None:  # own process only: the inline prefill runs in the trainer, whose threads stay
+            torch.set_num_threads(settings.torch_threads)
         synthesizer = Synthesizer.from_bundle(settings.bundle, device=settings.device)
         mappings = [IntensityMapping(**m) for m in settings.intensity]
         rng = np.random.default_rng(settings.seed)
