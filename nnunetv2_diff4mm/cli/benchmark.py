@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EvaluationInputError
+from .arg_types import at_least_one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device for training and inference (default: cpu for --preset cpu, else auto)")
     parser.add_argument("--disable-tta", action="store_true",
                         help="predict without test-time mirroring also in the default preset")
-    parser.add_argument("-np", "--num-processes", type=int, default=2, metavar="N",
+    parser.add_argument("-np", "--num-processes", type=at_least_one, default=2, metavar="N",
                         help="worker processes for preprocessing, data augmentation, inference and evaluation "
                              "(default 2)")
     return parser
@@ -61,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_processes < 1:
-        parser.error("-np must be at least 1")
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error("--fractions must lie in (0, 1]")
     if any(k < 0 for k in args.folds):

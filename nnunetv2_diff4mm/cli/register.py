@@ -12,6 +12,8 @@ from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError
 from registration.nnunet_raw import write_registered_dataset
 from registration.register import RegistrationSettings
 
+from .arg_types import at_least_one
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-montages", action="store_true", help="skip the per-case QA PNGs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset made from another input or with other settings")
-    parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
+    parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
     return parser
 
@@ -44,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_processes < 1:
-        parser.error("-np must be at least 1")
     raw = args.nnunet_raw or os.environ.get("nnUNet_raw")
     if not raw:
         parser.error("set $nnUNet_raw or pass --nnunet-raw")

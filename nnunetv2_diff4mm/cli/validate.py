@@ -9,6 +9,8 @@ import SimpleITK as sitk
 
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, validate_dataset
 
+from .arg_types import at_least_one
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"phase whose grid the label must be on; must be one of --phases (default: {DEFAULT_REFERENCE})",
     )
     parser.add_argument(
-        "-np", "--num-processes", type=int, default=1, metavar="N",
+        "-np", "--num-processes", type=at_least_one, default=1, metavar="N",
         help="validate N cases in parallel processes (default: 1)",
     )
     return parser
@@ -38,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_processes < 1:
-        parser.error("-np must be at least 1")
     # ITK prints its own multi-line warnings to stderr; the validator reports problems itself, as one line.
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
