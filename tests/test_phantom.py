@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from nnunetv2_diff4mm.phantom import (PHASES, PhantomConfig, PhantomFolderError, generate_case,
                                       write_phantom_dataset)
 from nnunetv2_diff4mm.phantom.motion import as_transform
+from nnunetv2_diff4mm.phantom.tissues import NOISE_HU
 from registration.inputs import validate_dataset
 
 COARSE = PhantomConfig(seed=0, spacing=(4.0, 4.0, 6.0))  # fast; the physics is spacing-independent
@@ -187,3 +188,22 @@ def test_montage_cli_draws_four_phases_with_label_contours(phantom, tmp_path):
     green = (rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.3)
     assert red.sum() > 50 and green.sum() > 200  # tumor and liver contours drawn
     assert rgb.std() > 0.1  # an image, not a blank canvas
+
+
+def test_noise_free_ground_truth_is_the_aligned_phase_without_its_ct_noise():
+    config = PhantomConfig(seed=3, spacing=(5.0, 5.0, 8.0))
+    plain = generate_case(config, "train", 0)
+    case = generate_case(config, "train", 0, noise_free=True)
+    assert not any(key.endswith("_noise_free") for key in plain.ground_truth)
+    liver = sitk.GetArrayFromImage(case.ground_truth["label"]) == 1
+    for phase in PHASES:
+        noisy = sitk.GetArrayFromImage(case.ground_truth[f"{phase}_aligned"]).astype(float)
+        # asking for the noise-free truth does not change the noisy images (same random stream)
+        assert np.array_equal(noisy, sitk.GetArrayFromImage(plain.ground_truth[f"{phase}_aligned"]))
+        clean = sitk.GetArrayFromImage(case.ground_truth[f"{phase}_aligned_noise_free"])
+        residual = (noisy - clean)[liver]
+        assert abs(residual.mean()) < 1.0  # zero-mean noise (plus int16 rounding)
+        # the PVP grid is the reference: its residual is the CT noise itself; the others are smoothed a little by
+        # the resampling onto it
+        expected = NOISE_HU[phase]
+        assert (0.95 if phase == "PVP" else 0.6) * expected < residual.std() < 1.05 * expected

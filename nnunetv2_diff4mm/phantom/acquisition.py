@@ -38,13 +38,19 @@ def psf_blur(image: sitk.Image, target_spacing) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(image, sigma)
 
 
+def scan_noise_free(anatomy: Anatomy, hu: np.ndarray, grid: Grid, transform: sitk.Transform) -> sitk.Image:
+    """`hu` (anatomy grid) as the scanner `grid` sees it before CT noise: PSF blur and resampling (float HU).
+
+    Ground truth for benchmarks that must separate structure from noise (what a perfect inpainter could know).
+    """
+    blurred = psf_blur(anatomy.grid.to_image(hu.astype(np.float32)), grid.spacing)
+    return sitk.Resample(blurred, grid.reference_image(), transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+
+
 def scan(anatomy: Anatomy, hu: np.ndarray, grid: Grid, transform: sitk.Transform, noise_hu: float,
          rng: np.random.Generator) -> sitk.Image:
     """Acquire `hu` (anatomy grid) on the scanner `grid`; `transform` maps scanner to anatomy points."""
-    blurred = psf_blur(anatomy.grid.to_image(hu.astype(np.float32)), grid.spacing)
-    image = sitk.Resample(blurred, grid.reference_image(), transform, sitk.sitkLinear, -1000.0,
-                          sitk.sitkFloat32)
-    array = sitk.GetArrayFromImage(image)
+    array = sitk.GetArrayFromImage(scan_noise_free(anatomy, hu, grid, transform))
     noise = ndimage.gaussian_filter(rng.standard_normal(array.shape).astype(np.float32), 0.6)
     array += noise * (noise_hu / (noise.std() or 1.0))
     out = grid.to_image(np.clip(np.rint(array), HU_MIN, HU_MAX).astype(np.int16))

@@ -73,8 +73,12 @@ def _phase_grid(rng, phase: str, spacing) -> Grid:
     return Grid.covering(lower, upper, np.asarray(spacing) * PHASE_SPACING_FACTOR[phase])
 
 
-def generate_case(config: PhantomConfig, split: str, index: int) -> PhantomCase:
-    """Draw and scan one patient in all phases."""
+def generate_case(config: PhantomConfig, split: str, index: int, noise_free: bool = False) -> PhantomCase:
+    """Draw and scan one patient in all phases.
+
+    ``noise_free`` adds ``<phase>_aligned_noise_free`` (float32) to the ground truth: the aligned phase without
+    CT noise, for benchmarks that compare a fill with the structure under it. The noisy images are unchanged.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, list(SPLITS).index(split), index]))
     grids = {p: _phase_grid(rng, p, config.spacing) for p in PHASES}
     margin = config.max_shift_mm + 25.0
@@ -105,6 +109,10 @@ def generate_case(config: PhantomConfig, split: str, index: int) -> PhantomCase:
         aligned = sitk.Resample(images[phase], reference.reference_image(), to_scanner, sitk.sitkLinear,
                                 -1024.0, sitk.sitkFloat32)
         truth[f"{phase}_aligned"] = reference.to_image(np.rint(sitk.GetArrayViewFromImage(aligned)).astype(np.int16))
+        if noise_free:
+            clean = acquisition.scan_noise_free(anatomy, hu[phase], grids[phase], to_anatomy)
+            truth[f"{phase}_aligned_noise_free"] = sitk.Resample(clean, reference.reference_image(), to_scanner,
+                                                                 sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
     label = truth[f"{REFERENCE_PHASE}_label"]
     truth["label"] = label
     label_array = sitk.GetArrayViewFromImage(label)
