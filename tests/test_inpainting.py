@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case
-from synthesis.inpainting import (CLASSICAL_METHODS, InpaintingError, fill_region, get_preset, inpaint_case,
-                                  load_inpainter, train_inpainter)
+from synthesis.inpainting import (CLASSICAL_METHODS, PRESETS, InpaintingError, fill_region, get_preset,
+                                  inpaint_case, load_inpainter, train_inpainter)
 from synthesis.masks import body_mask, dilate_mask_mm, random_liver_blob_masks
 from synthesis.models import FFCInpainter
 from synthesis.models.ffc_inpainter import FFC
@@ -262,3 +262,20 @@ def test_phase_mismatch_and_missing_model_are_clear_errors(case, trained, tmp_pa
     shifted.SetOrigin((0.0, 0.0, 0.0))
     with pytest.raises(InpaintingError, match="not on the grid"):
         inpaint_case({**phases, "NC": shifted}, label, "median")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_the_cli_offers_builds_a_model_that_fills_its_own_patch(name):
+    from nnunetv2_diff4mm.cli.train_inpainter import build_parser
+
+    assert name in build_parser()._option_string_actions["--preset"].choices
+    preset = get_preset(name)
+    model = FFCInpainter(**preset.model_config(PHASES)).eval()
+    assert all(s % model.size_multiple == 0 for s in preset.patch_size)
+    image = torch.zeros((1, len(PHASES), *preset.patch_size))
+    hole = torch.zeros((1, 1, *preset.patch_size))
+    hole[..., 2:-2, 4:-4, 4:-4] = 1
+    with torch.no_grad():
+        out = model(image, hole, generator=torch.Generator().manual_seed(0))
+    assert out.shape == image.shape and torch.isfinite(out).all()
+    assert torch.equal(out[hole.expand_as(out) == 0], image[hole.expand_as(image) == 0])
