@@ -11,6 +11,8 @@ evaluation cases, each with registered phases = the phantom's ground-truth align
   * fidelity: tumor HU and contrast to the surrounding liver, per phase, mean +- std over tumors: real per
     phantom tumor type; synthetic overall and per class by its AP-vs-PVP pattern (hypervascular-like =
     brighter than liver in AP and darker in PVP);
+  * autoencoder ceiling: each held-out real tumor's change (target - normal) before and after encode/decode,
+    per phase and type: the most the diffusion model can paint through this autoencoder;
   * speed: synthetic cases per second on this CPU (random mask + synthesis + blending) at tiny and default;
 and writes work/montage.png (real cases beside synthetic ones).
 """
@@ -33,6 +35,7 @@ from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case  # noq
 from registration.image_io import write_image_atomic  # noqa: E402
 from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
+from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
 
 VISIBLE_HU = 10.0
@@ -143,6 +146,39 @@ def dice_table(groups: dict[str, list[dict]]) -> None:
             vals = [s["dice"][c] for s in stats if s["dice"][c] is not None]
             cells.append((f"{np.mean(vals):.2f} ± {np.std(vals):.2f} ({len(vals)})" if vals else "—").rjust(20))
         print(f"{name:34s} " + " ".join(cells))
+
+
+def autoencoder_ceiling(synth: Synthesizer, dataset: Path, names: list[str]) -> dict[str, list[np.ndarray]]:
+    """Per phantom tumor type: [(real contrast, round-trip contrast) per phase] for every real tumor.
+
+    Contrast = mean of (target - normal) over the tumor in the tumor's ROI (working grid, HU); round trip =
+    the same for decode(encode(target)) - decode(encode(normal)). The diffusion model generates latents that
+    the decoder turns into tumors, so what the autoencoder loses here the synthesizer cannot produce."""
+    import torch
+
+    b, pipe = synth.bundle, synth.pipeline
+    scale = (b.intensity_window_hu[1] - b.intensity_window_hu[0]) / 2.0
+    out = {"hypervascular": [], "hypovascular": []}
+    for name in names:
+        target, normal, label, _, label_img = load_arrays(dataset, name)
+        spacing = label_img.GetSpacing()
+        info = json.loads((dataset / "info" / f"{name}.json").read_text(encoding="utf-8"))
+        comps, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3)))
+        for k in range(1, n + 1):
+            comp = comps == k
+            centre = component_centre(comp)
+            rois = [normalize_hu(extract_roi(a, spacing, centre, b.roi, cval=-1024.0), b.intensity_window_hu)
+                    for a in (target, normal)]
+            inside = extract_roi(comp.astype(np.float32), spacing, centre, b.roi, cval=0.0) > 0.5
+            if inside.sum() < 2:
+                continue
+            with torch.no_grad():
+                x = torch.from_numpy(np.stack(rois)).to(pipe.device, pipe.unet.dtype)
+                decoded = pipe.decode(pipe.encode(x)).float().cpu().numpy()
+            real = ((rois[0] - rois[1]) * scale)[:, inside].mean(1)
+            trip = ((decoded[0] - decoded[1]) * scale)[:, inside].mean(1)
+            out[real_kind(info, label_img, np.argwhere(comp).mean(0))].append(np.stack([real, trip]))
+    return out
 
 
 def load_arrays(dataset: Path, name: str):
@@ -263,6 +299,15 @@ def main(argv=None) -> int:
     table("tumor contrast to liver 3-10 mm around it (HU), mean ± std over tumors", {**real_groups, **syn_groups},
           "contrast")
     print(f"\nAP-vs-PVP rule on real tumors: {correct}/{len(real_all)} classified as their phantom type")
+    ceiling = autoencoder_ceiling(synth["default"], eval_ds, eval_names)
+    print("\nautoencoder ceiling: mean tumor change (target - normal) on the ROI grid, real vs after encode/decode "
+          "(HU), held-out tumors; the synthesizer cannot paint what the autoencoder cannot decode")
+    print(f"{'type':15s} {'n':>3s} " + " ".join(f"{p + ' real -> decoded':>24s}" for p in PHASES))
+    for kind, pairs in ceiling.items():
+        if pairs:
+            mean = np.mean(pairs, axis=0)
+            print(f"{kind:15s} {len(pairs):3d} " + " ".join(f"{mean[0, c]:9.1f} -> {mean[1, c]:6.1f}".rjust(24)
+                                                           for c in range(len(PHASES))))
     shape = normal.shape
     for preset, times in speed.items():
         print(f"speed {preset:8s}: {1.0 / np.mean(times):.2f} synthetic cases/s on CPU "
