@@ -157,8 +157,9 @@ class Diff4MMTrainer(nnUNetTrainer):
         self.logger.log("diff4mm_synthetic_fraction", fraction, self.current_epoch)
         self.logger.log("diff4mm_synthesis_seconds_per_sample", per_sample, self.current_epoch)
         self.logger.log("diff4mm_bundle_sha256", self._bundle_sha, self.current_epoch)
+        speed = f" at {per_sample:.2f} s/sample" if produced > 0 else ""
         self.print_to_log_file(f"Diff4MM: synthetic fraction used {fraction:.3f} ({synthetic}/{total} samples), "
-                               f"{produced} synthesised this epoch at {per_sample:.2f} s/sample, "
+                               f"{produced} synthesised this epoch{speed}, "
                                f"{len(slots(self._pool_folder)) if self._pool_folder else 0} in pool")
         super().on_epoch_end()
 
