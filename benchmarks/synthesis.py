@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="evaluate this bundle instead of training the default preset")
     parser.add_argument("--work", type=Path, default=Path("/tmp/diff4mm_synthesis_benchmark"))
-    parser.add_argument("--cases", type=int, default=8, help="phantom training cases (default 8)")
+    parser.add_argument("--cases", type=int, default=24, help="phantom training cases (default 24)")
     parser.add_argument("--eval-cases", type=int, default=4, help="held-out phantom cases (default 4)")
     parser.add_argument("--samples", type=int, default=3, help="synthetic samples per held-out case (default 3)")
     parser.add_argument("--seed", type=int, default=0)

@@ -134,7 +134,8 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
         return
     run.run("nnU-Net planning (CPU preset)" if not big else "nnU-Net planning", "plan_cpu", "-d", dataset,
             "-np", str(s.num_processes))
-    # CPU demo: the tiny inpainter (about a minute); the default preset is meant for a real CPU run of hours
+    # CPU demo: the tiny inpainter (seconds) and a third of the default synthesizer's steps, to fit the demo's
+    # 30 minutes; the default presets take ~4 and ~15 minutes of one core (docs/decisions.md)
     inpainter = ["--preset", "gpu"] if big else ["--preset", "tiny", "--epochs", "6"]
     run.run("inpainter training", "train_inpainter", "-d", dataset, *inpainter)
     run.run("normal CTs", "inpaint", "-d", dataset)
@@ -142,7 +143,7 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
         return
     bundle = str(_raw(run) / "diff4mm" / "synthesizer")
     run.run("synthesizer training", "train_synthesizer", "-d", dataset, "-o", bundle,
-            "--preset", "gpu" if big else "default")
+            *(["--preset", "gpu"] if big else ["--preset", "default", "--epochs", "20"]))
     run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "-n", "4", "-o",
             str(s.output / "synthetic"))
     run.run("benchmark", "benchmark", "-d", dataset, "--phantom", phantom, "-o", str(s.output / "benchmark"),
