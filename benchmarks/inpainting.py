@@ -10,8 +10,8 @@ Tables (per phase, all on ground-truth aligned phases, i.e. perfectly registered
 2. healthy-liver holes: random lobulated blobs of tumor-free liver in held-out cases are hidden and filled by the
    learned model and the classical fallbacks. MAE (HU) inside the holes, and texture realism = std of the fill /
    std of the true tissue per hole (median over holes; a flat fill scores 0, goal 0.7-1.3). Two oracle rows that
-   know the phantom's noise-free anatomy bound what is possible: the true structure alone, and the true structure
-   plus fresh CT noise (what a perfect fill with realistic texture would score).
+   know the phantom's noise-free anatomy are references: the true structure alone, and the true structure plus
+   fresh CT noise (what a fill with perfect anatomy and realistic, independent noise would score).
 3. no tumor remains: real tumors of held-out cases inpainted (default dilation); mean HU inside the dilated
    tumor masks (liver part) vs the healthy liver's mean +- 2 std of that phase.
 """
@@ -111,8 +111,8 @@ ORACLE_TEXTURED = "oracle: noise-free truth + CT noise"
 
 def oracle_fill(truth: dict, region: sitk.Image, kind: str, rng: np.random.Generator) -> dict[str, sitk.Image]:
     """The true structure under the hole (the phantom without CT noise), alone or with fresh noise of the
-    phase's own amplitude (std of image - noise-free in the healthy liver) and the phantom's correlation: the
-    best any fill with realistic texture can do, since the noise under the hole cannot be known."""
+    phase's own amplitude (std of image - noise-free in the healthy liver) and the phantom's correlation: what
+    a fill that knew the anatomy, and added realistic but necessarily independent noise, would score."""
     hole = array(region) > 0
     liver = array(truth["label"]) == 1
     out = {}
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     print(f"\n## Healthy-liver holes: {len(tests)} held-out cases, {n_holes} holes (radius {HOLE_RADIUS_MM} mm)")
     print("Per phase: MAE inside the holes (HU, lower is better) / bias = mean signed error (HU) / texture = "
           "std(fill)/std(truth) per hole, median over holes (goal 0.7-1.3) / grain = mean 3-voxel high-pass "
-          "amplitude in the holes' interior, fill/truth. Oracle rows know the truth: they bound what is possible.")
+          "amplitude in the holes' interior, fill/truth. Oracle rows know the noise-free anatomy (references, not methods).")
     print("| method | " + " | ".join(f"{p} MAE / bias / texture / grain" for p in PHASES) + " | s/case |")
     print("|---|" + "---|" * len(PHASES) + "---|")
     for name, row in result.items():
