@@ -47,10 +47,10 @@ def scan_noise_free(anatomy: Anatomy, hu: np.ndarray, grid: Grid, transform: sit
     return sitk.Resample(blurred, grid.reference_image(), transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
 
 
-def scan(anatomy: Anatomy, hu: np.ndarray, grid: Grid, transform: sitk.Transform, noise_hu: float,
-         rng: np.random.Generator) -> sitk.Image:
-    """Acquire `hu` (anatomy grid) on the scanner `grid`; `transform` maps scanner to anatomy points."""
-    array = sitk.GetArrayFromImage(scan_noise_free(anatomy, hu, grid, transform))
+def add_ct_noise(noise_free: sitk.Image, grid: Grid, noise_hu: float, rng: np.random.Generator) -> sitk.Image:
+    """The acquired int16 image: ``scan_noise_free``'s output plus spatially correlated CT noise of std
+    ``noise_hu``, rounded and clipped to the HU range."""
+    array = sitk.GetArrayFromImage(noise_free)
     noise = ndimage.gaussian_filter(rng.standard_normal(array.shape).astype(np.float32), 0.6)
     array += noise * (noise_hu / (noise.std() or 1.0))
     out = grid.to_image(np.clip(np.rint(array), HU_MIN, HU_MAX).astype(np.int16))

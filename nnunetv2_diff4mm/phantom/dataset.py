@@ -103,16 +103,19 @@ def generate_case(config: PhantomConfig, split: str, index: int, noise_free: boo
             truth[f"{phase}_displacement"] = sitk.Cast(inverse, sitk.sitkVectorFloat32)
             to_anatomy, to_scanner = motion.as_transform(field), motion.as_transform(inverse)
         motions[phase] = params.to_json()
-        images[phase] = acquisition.scan(anatomy, hu[phase], grids[phase], to_anatomy, NOISE_HU[phase], rng)
+        clean = acquisition.scan_noise_free(anatomy, hu[phase], grids[phase], to_anatomy)
+        images[phase] = acquisition.add_ct_noise(clean, grids[phase], NOISE_HU[phase], rng)
         truth[f"{phase}_label"] = acquisition.label_map(anatomy, grids[phase], to_anatomy)
-        # what a perfect registration would produce: the acquired phase pulled onto the reference grid
-        aligned = sitk.Resample(images[phase], reference.reference_image(), to_scanner, sitk.sitkLinear,
-                                -1024.0, sitk.sitkFloat32)
-        truth[f"{phase}_aligned"] = reference.to_image(np.rint(sitk.GetArrayViewFromImage(aligned)).astype(np.int16))
+
+        def aligned(image: sitk.Image) -> sitk.Image:
+            """What a perfect registration would produce: `image` pulled onto the reference grid."""
+            return sitk.Resample(image, reference.reference_image(), to_scanner, sitk.sitkLinear, -1024.0,
+                                 sitk.sitkFloat32)
+
+        truth[f"{phase}_aligned"] = reference.to_image(np.rint(sitk.GetArrayFromImage(aligned(images[phase])))
+                                                       .astype(np.int16))
         if noise_free:
-            clean = acquisition.scan_noise_free(anatomy, hu[phase], grids[phase], to_anatomy)
-            truth[f"{phase}_aligned_noise_free"] = sitk.Resample(clean, reference.reference_image(), to_scanner,
-                                                                 sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+            truth[f"{phase}_aligned_noise_free"] = aligned(clean)
     label = truth[f"{REFERENCE_PHASE}_label"]
     truth["label"] = label
     label_array = sitk.GetArrayViewFromImage(label)
