@@ -107,6 +107,7 @@ def grain(image: np.ndarray) -> np.ndarray:
 # Reference rows that know the truth (not methods a user could run): what the MAE goal allows.
 ORACLE_FLAT = "oracle: noise-free truth"
 ORACLE_TEXTURED = "oracle: noise-free truth + CT noise"
+ORACLES = (ORACLE_FLAT, ORACLE_TEXTURED)
 
 
 def oracle_fill(truth: dict, region: sitk.Image, kind: str, rng: np.random.Generator) -> dict[str, sitk.Image]:
@@ -132,7 +133,7 @@ def oracle_fill(truth: dict, region: sitk.Image, kind: str, rng: np.random.Gener
 def hole_benchmark(truths: list[dict], methods: dict, seed: int, device: str) -> dict:
     """{method: {phase: (mae, texture ratio, holes, grain ratio, bias)}}; holes are blobs of tumor-free liver.
 
-    ``methods`` maps a row name to a ``fill_region`` method, or to ORACLE_FLAT / ORACLE_TEXTURED."""
+    ``methods`` maps a row name to a ``fill_region`` method, or to one of ORACLES."""
     rng = np.random.default_rng(seed)
     errors = {m: {p: [] for p in PHASES} for m in methods}
     ratios = {m: {p: [] for p in PHASES} for m in methods}
@@ -153,7 +154,7 @@ def hole_benchmark(truths: list[dict], methods: dict, seed: int, device: str) ->
         seed_case = int(rng.integers(1 << 30))
         for name, method in methods.items():
             started = time.perf_counter()
-            if isinstance(method, str) and method in (ORACLE_FLAT, ORACLE_TEXTURED):
+            if isinstance(method, str) and method in ORACLES:
                 filled = oracle_fill(truth, region, method, np.random.default_rng(seed_case))
             else:
                 filled = fill_region(phases, region, method, label=label, device=device, seed=seed_case)
@@ -263,8 +264,7 @@ def main(argv=None) -> int:
                       f"on {args.device} ({out})")
     print(f"\n{train_note}")
 
-    methods = {"learned (FFC)": model} | {m: m for m in CLASSICAL_METHODS} | {m: m for m in (ORACLE_FLAT,
-                                                                                               ORACLE_TEXTURED)}
+    methods = {"learned (FFC)": model} | {m: m for m in (*CLASSICAL_METHODS, *ORACLES)}
     result = hole_benchmark(tests, methods, args.seed + 1, args.device)
     n_holes = result["median"][PHASES[0]][2]
     print(f"\n## Healthy-liver holes: {len(tests)} held-out cases, {n_holes} holes (radius {HOLE_RADIUS_MM} mm)")
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     print("|---|" + "---|" * len(PHASES) + "---|")
     for name, row in result.items():
         cells = " | ".join(f"{row[p][0]:.1f} / {row[p][4]:+.1f} / {row[p][1]:.2f} / {row[p][3]:.2f}" for p in PHASES)
-        seconds = f"{row['_seconds'] / len(tests):.2f}" if name not in (ORACLE_FLAT, ORACLE_TEXTURED) else "-"
+        seconds = f"{row['_seconds'] / len(tests):.2f}" if name not in ORACLES else "-"
         print(f"| {name} | {cells} | {seconds} |")
     textured, median = result[ORACLE_TEXTURED], result["median"]
     print("MAE goal (below the median fill) vs a fill with the TRUE structure and realistic noise: "
