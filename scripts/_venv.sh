@@ -12,6 +12,16 @@ fi
 stamp="$VENV/.diff4mm-install-stamp"
 want="$(cat "$REPO_ROOT/setup.py" "$REPO_ROOT/scripts/_venv.sh" "$REPO_ROOT/nnunetv2_diff4mm.pth" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # torch 2.14.1 from PyPI is a CUDA build: the environment takes ~6.5 GB. Say so before pip fails half-way with
+    # "No space left on device" (it happened on a CI machine with a nearly full disk).
+    need_kb=$((8 * 1024 * 1024))
+    free_kb="$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')"
+    has_torch="$(compgen -G "$VENV/lib/python*/site-packages/torch" || true)"
+    if [ -z "$has_torch" ] && [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+        echo "[diff4mm] error: $VENV: installing the dependencies needs ~8 GB free on its disk," \
+             "only $((free_kb / 1024)) MB are free; free some space or point DIFF4MM_VENV at a larger disk" >&2
+        exit 1
+    fi
     echo "[diff4mm] installing dependencies into $VENV (first run takes a few minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch first and pinned: this exact pair is the newest the project supports (see README).
