@@ -11,6 +11,7 @@ evaluation cases, each with registered phases = the phantom's ground-truth align
   * fidelity: tumor HU and contrast to the surrounding liver, per phase, mean +- std over tumors: real per
     phantom tumor type; synthetic overall and per class by its AP-vs-PVP pattern (hypervascular-like =
     brighter than liver in AP and darker in PVP);
+  * per-tumor spread: how many synthetic tumors are invisible or beyond the real contrasts (means hide both);
   * autoencoder ceiling: each held-out real tumor's change (target - normal) before and after encode/decode,
     per phase and type: the most the diffusion model can paint through this autoencoder;
   * speed: synthetic cases per second on this CPU (random mask + synthesis + blending) at tiny and default;
@@ -181,6 +182,21 @@ def autoencoder_ceiling(synth: Synthesizer, dataset: Path, names: list[str]) -> 
     return out
 
 
+def spread_table(real: list[dict], synthetic: list[dict], invisible_hu: float = 5.0) -> None:
+    """Per-tumor calibration, which means and stds hide: the share of tumors that are invisible (|contrast| <
+    invisible_hu in every phase) and the share with a contrast outside the real tumors' range in some phase."""
+    real_c = np.array([s["contrast"] for s in real])
+    lo, hi = real_c.min(0), real_c.max(0)
+    print(f"\nper-tumor spread: invisible = |contrast| < {invisible_hu:g} HU in every phase; outside = beyond the "
+          f"real range in some phase (real range per phase: "
+          + ", ".join(f"{p} {a:.0f}..{b:.0f}" for p, a, b in zip(PHASES, lo, hi)) + " HU)")
+    for name, stats in (("real (all)", real), ("synthetic (all)", synthetic)):
+        c = np.array([s["contrast"] for s in stats]).reshape(-1, len(PHASES))
+        invisible = int(np.all(np.abs(c) < invisible_hu, axis=1).sum())
+        outside = int(np.any((c < lo) | (c > hi), axis=1).sum())
+        print(f"{name:34s} {len(c):3d}   invisible {invisible:3d}   outside {outside:3d}")
+
+
 def load_arrays(dataset: Path, name: str):
     target, normal, label, liver = load_case(dataset, name)
     t = np.stack([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in PHASES])
@@ -299,6 +315,7 @@ def main(argv=None) -> int:
     table("tumor contrast to liver 3-10 mm around it (HU), mean ± std over tumors", {**real_groups, **syn_groups},
           "contrast")
     print(f"\nAP-vs-PVP rule on real tumors: {correct}/{len(real_all)} classified as their phantom type")
+    spread_table(real_all, syn_stats)
     ceiling = autoencoder_ceiling(synth["default"], eval_ds, eval_names)
     print("\nautoencoder ceiling: mean tumor change (target - normal) on the ROI grid, real vs after encode/decode "
           "(HU), held-out tumors; the synthesizer cannot paint what the autoencoder cannot decode")
