@@ -32,6 +32,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnunetv2_diff4mm.phantom import PHASES, REFERENCE_PHASE, PhantomConfig, generate_case  # noqa: E402
+from nnunetv2_diff4mm.phantom.acquisition import ct_noise  # noqa: E402
 from synthesis.inpainting import (CLASSICAL_METHODS, DEFAULT_DILATION_MM, fill_region, get_preset,  # noqa: E402
                                   inpaint_case, load_inpainter, train_inpainter)
 from synthesis.masks import dilate_mask_mm, random_liver_blob_masks  # noqa: E402
@@ -121,9 +122,8 @@ def oracle_fill(truth: dict, region: sitk.Image, kind: str, rng: np.random.Gener
         image = array(truth[f"{phase}_aligned"]).astype(np.float32)
         clean = array(truth[f"{phase}_aligned_noise_free"])
         fill = clean.copy()
-        if kind == ORACLE_TEXTURED:
-            noise = ndimage.gaussian_filter(rng.standard_normal(clean.shape).astype(np.float32), 0.6)
-            fill += noise * ((image - clean)[liver & ~hole].std() / noise.std())
+        if kind == ORACLE_TEXTURED:  # the phantom's own noise model, at the amplitude measured in this phase
+            fill += ct_noise(clean.shape, (image - clean)[liver & ~hole].std(), rng)
         result = sitk.GetImageFromArray(np.where(hole, fill, image))
         result.CopyInformation(region)
         out[phase] = result

@@ -47,12 +47,17 @@ def scan_noise_free(anatomy: Anatomy, hu: np.ndarray, grid: Grid, transform: sit
     return sitk.Resample(blurred, grid.reference_image(), transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
 
 
+def ct_noise(shape, noise_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """Spatially correlated CT noise (white noise smoothed over ~0.6 voxel) with std ``noise_hu``, float32."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.6)
+    return noise * (noise_hu / (noise.std() or 1.0))
+
+
 def add_ct_noise(noise_free: sitk.Image, grid: Grid, noise_hu: float, rng: np.random.Generator) -> sitk.Image:
-    """The acquired int16 image: ``scan_noise_free``'s output plus spatially correlated CT noise of std
-    ``noise_hu``, rounded and clipped to the HU range."""
+    """The acquired int16 image: ``scan_noise_free``'s output plus ``ct_noise`` of std ``noise_hu``, rounded and
+    clipped to the HU range."""
     array = sitk.GetArrayFromImage(noise_free)
-    noise = ndimage.gaussian_filter(rng.standard_normal(array.shape).astype(np.float32), 0.6)
-    array += noise * (noise_hu / (noise.std() or 1.0))
+    array += ct_noise(array.shape, noise_hu, rng)
     out = grid.to_image(np.clip(np.rint(array), HU_MIN, HU_MAX).astype(np.int16))
     return out
 
