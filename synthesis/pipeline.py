@@ -65,8 +65,9 @@ class TumorSynthesisPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = x * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps):
-            eps = self.unet(self.scheduler.scale_model_input(x, t), t, normal_latent, mask_latent)
-            x = self.scheduler.step(eps, t, x, eta=0.0).prev_sample
+            # noise or velocity, as the scheduler's prediction_type says
+            model_output = self.unet(self.scheduler.scale_model_input(x, t), t, normal_latent, mask_latent)
+            x = self.scheduler.step(model_output, t, x, eta=0.0).prev_sample
         latent = self.target_to_latent(x, normal_latent)
         if output_type == "latent":
             return latent

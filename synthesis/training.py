@@ -73,6 +73,9 @@ class Preset:
     ema_max_decay: float = 0.999
     ae_tumor_weight: float = 4.0  # extra L1 weight on tumor voxels (1 + w * tumor fraction)
     ae_target_fraction: float = 0.75  # share of autoencoder patches cut from the target (with tumors)
+    # what the UNet predicts: "epsilon" (the noise) or "v_prediction" (Salimans & Ho's velocity, which stays
+    # well-conditioned at the high-noise end where few-step DDIM starts)
+    prediction_type: str = "epsilon"
 
     @property
     def roi(self) -> ROISpec:
@@ -105,12 +108,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def make_noise_scheduler():
+def make_noise_scheduler(prediction_type: str = "epsilon"):
     """DDPM training schedule (LDM's scaled-linear betas) and the DDIM sampler derived from it."""
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
     from diffusers import DDIMScheduler, DDPMScheduler
 
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015,
-                         beta_end=0.0195, prediction_type="epsilon", clip_sample=False)
+                         beta_end=0.0195, prediction_type=prediction_type, clip_sample=False)
     # "trailing" spacing starts sampling at t=999 (pure noise), which few-step DDIM needs
     ddim = DDIMScheduler.from_config(ddpm.config, timestep_spacing="trailing", set_alpha_to_one=True)
     return ddpm, ddim
@@ -373,7 +378,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
         return (cache["target"] - cache["normal"]) * scaling_factor * target_scale
 
     # ---- stage 2: diffusion UNet ----------------------------------------------------------------------------
-    ddpm, ddim = make_noise_scheduler()
+    ddpm, ddim = make_noise_scheduler(preset.prediction_type)
     unet_dir = ckpt / "unet"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
@@ -409,8 +414,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                 x0, cond, m = (t[idx].to(accelerator.device) for t in (x0_all, cond_all, mask_all))
                 noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
                 t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
-                eps = model(ddpm.add_noise(x0, noise, t), t, cond, m)
-                loss = F.mse_loss(eps, noise)
+                prediction = model(ddpm.add_noise(x0, noise, t), t, cond, m)
+                loss = F.mse_loss(prediction, _training_target(ddpm, x0, noise, t))
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -483,9 +488,16 @@ def _ae_validation(ae: ROIAutoencoderKL, images: torch.Tensor, device) -> float:
     return float(np.mean(losses))
 
 
+def _training_target(ddpm, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if ddpm.config.prediction_type == "v_prediction":
+        return ddpm.get_velocity(x0, noise, t)
+    return noise
+
+
 @torch.no_grad()
 def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, seed: int) -> float:
-    """Epsilon MSE at 8 fixed timesteps with fixed noise, so epochs are comparable."""
+    """MSE of the UNet's prediction (noise or velocity) at 8 fixed timesteps with fixed noise, so epochs are
+    comparable."""
     unet.eval()
     gen = torch.Generator("cpu").manual_seed(seed + 12345)
     losses = []
@@ -494,8 +506,9 @@ def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, se
             noise = torch.randn(x0[chunk].shape, generator=gen)
             t = torch.full((len(chunk),), int(t_value))
             xt = ddpm.add_noise(x0[chunk], noise, t)
-            eps = unet(xt.to(device), t.to(device), cond[chunk].to(device), mask[chunk].to(device))
-            losses.append(F.mse_loss(eps.cpu(), noise).item() * len(chunk))
+            prediction = unet(xt.to(device), t.to(device), cond[chunk].to(device), mask[chunk].to(device))
+            target = _training_target(ddpm, x0[chunk], noise, t)
+            losses.append(F.mse_loss(prediction.cpu(), target).item() * len(chunk))
     return float(np.sum(losses) / (8 * len(x0)))
 
 

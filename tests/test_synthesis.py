@@ -201,6 +201,28 @@ def test_finished_training_is_not_repeated_and_other_settings_are_refused(bundle
         train_synthesizer([None], bundle, preset="tiny", epochs=1, seed=5, device="cpu")
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_sampler_reads_the_training_target_the_way_training_defines_it(prediction_type):
+    """A model that returns exactly the training target for the x0 it should produce must lead the bundle's
+    DDIM sampler from pure noise to that x0: training and sampling agree on what the UNet predicts."""
+    from synthesis.training import _training_target, make_noise_scheduler
+
+    ddpm, ddim = make_noise_scheduler(prediction_type)
+    assert ddim.config.prediction_type == prediction_type
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 3, 3, 3, generator=gen)
+    x = torch.randn(x0.shape, generator=gen)
+    alphas = ddpm.alphas_cumprod
+    ddim.set_timesteps(20)
+    for t in ddim.timesteps:
+        a = alphas[t]
+        noise = (x - a.sqrt() * x0) / (1 - a).sqrt()  # the noise that takes x0 to the current x
+        x = ddim.step(_training_target(ddpm, x0, noise, t.reshape(1)), t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        make_noise_scheduler("sample")
+
+
 # ---- Synthesizer ------------------------------------------------------------------------------------------------
 
 def test_sampling_is_reproducible_for_a_seed_and_differs_between_seeds(bundle, case):
