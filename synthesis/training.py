@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -261,7 +261,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     ckpt = work / "checkpoint"
     settings = {"preset": name, "preset_values": asdict(preset), "seed": seed, "cases": len(cases)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
-    stored = json.loads((work / "settings.json").read_text(encoding="utf-8")) if (work / "settings.json").exists() else None
+    stored = _stored_settings(work / "settings.json")
     if (out_dir / BUNDLE_JSON).exists():
         if stored is None:
             raise ValueError(f"{out_dir}: holds a synthesis bundle without a training record; choose another "
@@ -462,6 +462,20 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
         shutil.rmtree(ckpt, ignore_errors=True)
     accelerator.wait_for_everyone()
     return out_dir
+
+
+def _stored_settings(path: Path) -> dict | None:
+    """The training record, with preset fields added after it was written filled in with their defaults (the
+    values such a run used), so upgrading the package does not make a finished bundle look foreign."""
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    values = stored.get("preset_values")
+    if isinstance(values, dict):
+        for field in fields(Preset):
+            if field.default is not MISSING and field.name not in values:
+                values[field.name] = json.loads(json.dumps(field.default))
+    return stored
 
 
 def _ae_batch(cases: list[_Case], rng: np.random.Generator, preset: Preset, jitter: int

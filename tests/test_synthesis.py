@@ -201,6 +201,20 @@ def test_finished_training_is_not_repeated_and_other_settings_are_refused(bundle
         train_synthesizer([None], bundle, preset="tiny", epochs=1, seed=5, device="cpu")
 
 
+def test_a_bundle_recorded_before_a_preset_field_existed_still_counts_as_finished(bundle, raw, tmp_path,
+                                                                                 monkeypatch):
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    record = old / "training" / "settings.json"
+    settings = json.loads(record.read_text(encoding="utf-8"))
+    del settings["preset_values"]["prediction_type"]  # a field added later; its default is what the run used
+    record.write_text(json.dumps(settings), encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    assert train_cli.main(["-d", "990", "-o", str(old), "--preset", "tiny", "--epochs", "1", "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sampler_reads_the_training_target_the_way_training_defines_it(prediction_type):
     """A model that returns exactly the training target for the x0 it should produce must lead the bundle's
