@@ -10,7 +10,8 @@ spacing (only the liver's bounding box plus half an ROI), and crops are cut from
    ~9x less per sample than 32^3 ROIs on CPU). No adversarial/perceptual term (CPU budget).
 2. Latent cache: every training ROI variant (jittered, flipped) is encoded once with the final autoencoder.
    The UNet diffuses the residual (z_tumor - z_normal) * target_scale (see models/conditional_unet.py) with
-   DDPM epsilon loss; EMA weights (diffusers EMAModel) are validated and shipped.
+   the DDPM loss on the noise (epsilon) or on v (Preset.prediction_type); EMA weights (diffusers EMAModel)
+   are validated and shipped.
 
 Runs under `accelerate.Accelerator` (plain CPU run or `accelerate launch` multi-GPU: each process draws its own
 share of every batch). Resumable: every epoch checkpoints models (save_pretrained), optimizer and EMA state

@@ -1,8 +1,8 @@
 """3D latent diffusion UNet conditioned on the normal (tumor-free) ROI and the tumor mask.
 
 Input channels = concat(noisy target latent, latent of the NORMAL ROI, tumor mask average-pooled to the latent
-grid) -> epsilon prediction. A diffusers wrapper (config = constructor arguments) around MONAI's
-`DiffusionModelUNet(spatial_dims=3)`.
+grid) -> the noise (epsilon) or v, as the scheduler's prediction_type says. A diffusers wrapper (config =
+constructor arguments) around MONAI's `DiffusionModelUNet(spatial_dims=3)`.
 
 `target` says what is diffused (see synthesis/pipeline.py): "residual" = (z_tumor - z_normal) * target_scale,
 which is ~0 outside the mask, or "latent" = z_tumor. Both latents are already multiplied by the autoencoder's
