@@ -15,7 +15,7 @@ evaluation cases, each with registered phases = the phantom's ground-truth align
   * autoencoder ceiling: each held-out real tumor's change (target - normal) before and after encode/decode,
     per phase and type: the most the diffusion model can paint through this autoencoder;
   * speed: synthetic cases per second on this CPU (random mask + synthesis + blending) at tiny and default;
-and writes work/montage.png (real cases beside synthetic ones).
+and writes work/montage.png (each held-out case beside a synthetic one, 80 mm around the largest tumor).
 """
 from __future__ import annotations
 
@@ -204,31 +204,41 @@ def load_arrays(dataset: Path, name: str):
     return t, n, sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(liver) > 0, label
 
 
-def montage_png(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, tuple]]) -> None:
+def montage_png(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray, tuple]], field_mm: float = 80.0) -> None:
+    """One row per case: the axial slice through the centre of its largest tumor, cropped to field_mm x field_mm
+    around that tumor (physical size, so real and synthetic rows show tissue at one scale), all phases, one
+    CT window; the mask is outlined beside the image, not over it, so the tumor itself is what one judges."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(rows), len(PHASES), figsize=(2.6 * len(PHASES), 2.3 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(PHASES) + 1, figsize=(2.2 * (len(PHASES) + 1), 2.3 * len(rows)),
+                             squeeze=False)
     for r, (title, image, label, spacing) in enumerate(rows):
         comps, _ = ndimage.label(label == 2)
         sizes = np.bincount(comps.ravel())
         sizes[0] = 0
-        z = int(np.rint(np.argwhere(comps == sizes.argmax())[:, 0].mean())) if sizes.any() else label.shape[0] // 2
-        liver = np.argwhere(label[z] > 0)
-        (y0, x0), (y1, x1) = liver.min(0) - 4, liver.max(0) + 5
+        if sizes.any():
+            z, y, x = np.rint(np.argwhere(comps == sizes.argmax()).mean(0)).astype(int)
+        else:
+            z, y, x = np.asarray(label.shape) // 2
+        half = np.rint(field_mm / 2 / np.asarray(spacing[1:])).astype(int)  # (y, x) voxels
+        ys = slice(max(y - half[0], 0), y + half[0] + 1)
+        xs = slice(max(x - half[1], 0), x + half[1] + 1)
+        seg = label[z, ys, xs] == 2
         for c, phase in enumerate(PHASES):
             ax = axes[r, c]
-            ax.imshow(image[c, z, max(y0, 0):y1, max(x0, 0):x1], cmap="gray", vmin=-150, vmax=250,
-                      aspect=spacing[1] / spacing[0])
-            seg = label[z, max(y0, 0):y1, max(x0, 0):x1] == 2
-            if seg.any():
-                ax.contour(seg, levels=[0.5], colors="red", linewidths=0.6)
+            ax.imshow(image[c, z, ys, xs], cmap="gray", vmin=-100, vmax=250, aspect=spacing[1] / spacing[2])
             ax.set_title(f"{title} {phase}", fontsize=7)
             ax.set_axis_off()
-    fig.suptitle("real phantom cases vs synthetic tumors painted into normal CTs (L50/W400, red = mask)", fontsize=9)
-    fig.tight_layout()
+        ax = axes[r, len(PHASES)]
+        ax.imshow(seg, cmap="Reds", vmin=0, vmax=1.5, aspect=spacing[1] / spacing[2])
+        ax.set_title("tumor mask", fontsize=7)
+        ax.set_axis_off()
+    fig.suptitle(f"real phantom tumors and synthetic tumors painted into normal CTs ({field_mm:.0f} mm field, "
+                 "L75/W350)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -287,7 +297,7 @@ def main(argv=None) -> int:
         info = json.loads((ds / "info" / f"{name}.json").read_text(encoding="utf-8"))
         for s in tumor_stats(target, normal, label == 2, label > 0, label_img.GetSpacing()):
             real_groups[f"real {real_kind(info, label_img, s['centre'])}"].append(s)
-        if name in eval_names and len(rows_real) < 3:
+        if name in eval_names:
             rows_real.append((f"real {name}", target, label, label_img.GetSpacing()[::-1]))
     for name in eval_names:
         target, normal, label, liver, label_img = load_arrays(eval_ds, name)
@@ -300,7 +310,7 @@ def main(argv=None) -> int:
                 speed[preset].append(time.time() - t)
                 if preset == "default":
                     syn_stats += tumor_stats(image, normal, syn_label == 2, liver, spacing)
-                    if j == 0 and len(rows_syn) < 3:
+                    if j == 0:
                         rows_syn.append((f"synthetic {name}", image, syn_label, spacing[::-1]))
     syn_groups = {"synthetic (all)": syn_stats,
                   "synthetic hypervascular-like": [s for s in syn_stats if hypervascular_like(s["contrast"])],
