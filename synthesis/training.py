@@ -42,6 +42,7 @@ from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
 from .tumor_masks import fit_mask_distribution
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class Preset:
     # well-conditioned at the high-noise end where few-step DDIM starts)
     prediction_type: str = "epsilon"
 
+    def __post_init__(self):  # fail before hours of autoencoder training, not when the UNet stage starts
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {self.prediction_type!r}")
+
     @property
     def roi(self) -> ROISpec:
         return ROISpec(self.roi_size_vox, self.working_spacing_mm)
@@ -113,8 +118,8 @@ PRESETS: dict[str, Preset] = {
 
 def make_noise_scheduler(prediction_type: str = "epsilon"):
     """DDPM training schedule (LDM's scaled-linear betas) and the DDIM sampler derived from it."""
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
     from diffusers import DDIMScheduler, DDPMScheduler
 
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015,

@@ -219,7 +219,9 @@ def test_a_bundle_recorded_before_a_preset_field_existed_still_counts_as_finishe
 def test_sampler_reads_the_training_target_the_way_training_defines_it(prediction_type):
     """A model that returns exactly the training target for the x0 it should produce must lead the bundle's
     DDIM sampler from pure noise to that x0: training and sampling agree on what the UNet predicts."""
-    from synthesis.training import _training_target, make_noise_scheduler
+    from dataclasses import replace
+
+    from synthesis.training import PRESETS, _training_target, make_noise_scheduler
 
     ddpm, ddim = make_noise_scheduler(prediction_type)
     assert ddim.config.prediction_type == prediction_type
@@ -235,6 +237,8 @@ def test_sampler_reads_the_training_target_the_way_training_defines_it(predictio
     torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="prediction_type"):
         make_noise_scheduler("sample")
+    with pytest.raises(ValueError, match="prediction_type"):  # a custom preset is refused before any training
+        replace(PRESETS["tiny"], prediction_type="sample")
 
 
 # ---- Synthesizer ------------------------------------------------------------------------------------------------
