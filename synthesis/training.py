@@ -45,6 +45,11 @@ _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
+def _check_prediction_type(value: str) -> None:
+    if value not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class Preset:
     roi_size_vox: int
@@ -80,8 +85,7 @@ class Preset:
     prediction_type: str = "epsilon"
 
     def __post_init__(self):  # fail before hours of autoencoder training, not when the UNet stage starts
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {self.prediction_type!r}")
+        _check_prediction_type(self.prediction_type)
 
     @property
     def roi(self) -> ROISpec:
@@ -118,8 +122,7 @@ PRESETS: dict[str, Preset] = {
 
 def make_noise_scheduler(prediction_type: str = "epsilon"):
     """DDPM training schedule (LDM's scaled-linear betas) and the DDIM sampler derived from it."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
+    _check_prediction_type(prediction_type)
     from diffusers import DDIMScheduler, DDPMScheduler
 
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015,
