@@ -1,6 +1,6 @@
 """Benchmark of the tumor synthesizer (stage 3) on the phantom.
 
-    python benchmarks/synthesis.py [--bundle DIR] [--work DIR] [--cases 8] [--eval-cases 4] [--samples 3]
+    python benchmarks/synthesis.py [--bundle DIR] [--work DIR] [--cases 8] [--eval-cases 4] [--samples 6]
 
 Builds (once, cached in --work) two phantom datasets in nnU-Net raw layout: training cases and held-out
 evaluation cases, each with registered phases = the phantom's ground-truth aligned phases and a normal version
@@ -12,6 +12,8 @@ evaluation cases, each with registered phases = the phantom's ground-truth align
     phantom tumor type; synthetic overall and per class by its AP-vs-PVP pattern (hypervascular-like =
     brighter than liver in AP and darker in PVP);
   * per-tumor spread: how many synthetic tumors are invisible or beyond the real contrasts (means hide both);
+  * type score: whether each tumor paints one of the two real enhancement patterns or a blend of them, for
+    tumors below and above 20 mm;
   * autoencoder ceiling: each held-out real tumor's change (target - normal) before and after encode/decode,
     per phase and type: the most the diffusion model can paint through this autoencoder;
   * speed: synthetic cases per second on this CPU (random mask + synthesis + blending) at tiny and default;
@@ -108,7 +110,9 @@ def tumor_stats(image: np.ndarray, normal: np.ndarray, mask: np.ndarray, liver: 
             pred = np.abs(smooth[c][box]) > abs(painted) / 2
             dice.append(float(2 * (pred & comp).sum() / (pred.sum() + comp.sum())))
         centre = np.argwhere(comps == k).mean(0)
-        out.append({"hu": hu, "contrast": contrast, "dice": dice, "centre": centre, "voxels": int(comp.sum())})
+        diameter = float((6.0 * comp.sum() * np.prod(spacing_zyx) / np.pi) ** (1.0 / 3.0))  # equivalent sphere
+        out.append({"hu": hu, "contrast": contrast, "dice": dice, "centre": centre, "voxels": int(comp.sum()),
+                    "diameter_mm": diameter})
     return out
 
 
@@ -197,6 +201,31 @@ def spread_table(real: list[dict], synthetic: list[dict], invisible_hu: float = 
         print(f"{name:34s} {len(c):3d}   invisible {invisible:3d}   outside {outside:3d}")
 
 
+def type_table(real_hyper: list[dict], real_hypo: list[dict], synthetic: list[dict], split_mm: float = 20.0
+               ) -> None:
+    """Does each synthetic tumor commit to one enhancement pattern, or paint a blend of both? Type score = where
+    a tumor's contrast vector (4 phases) falls on the line from the mean real hypovascular (0) to the mean real
+    hypervascular (1) pattern; a model that has not learnt the two modes paints scores between them. Split at
+    an equivalent diameter of split_mm, since small tumors are the hard ones (a latent voxel is 6 mm)."""
+    hyper = np.mean([s["contrast"] for s in real_hyper], 0)
+    hypo = np.mean([s["contrast"] for s in real_hypo], 0)
+    axis = hyper - hypo
+    print("\ntype score (0 = mean real hypovascular pattern, 1 = mean real hypervascular pattern): share of tumors "
+          "below 0.25, between, above 0.75; median")
+    real = [*real_hyper, *real_hypo]
+    for name, stats in (("real (all)", real), ("synthetic (all)", synthetic),
+                        (f"real < {split_mm:g} mm", [s for s in real if s["diameter_mm"] < split_mm]),
+                        (f"synthetic < {split_mm:g} mm", [s for s in synthetic if s["diameter_mm"] < split_mm]),
+                        (f"real >= {split_mm:g} mm", [s for s in real if s["diameter_mm"] >= split_mm]),
+                        (f"synthetic >= {split_mm:g} mm", [s for s in synthetic if s["diameter_mm"] >= split_mm])):
+        if not stats:
+            continue
+        score = (np.array([s["contrast"] for s in stats]) - hypo) @ axis / (axis @ axis)
+        low, high = float(np.mean(score < 0.25)), float(np.mean(score > 0.75))
+        print(f"{name:34s} {len(score):3d}   {low:5.0%} {1 - low - high:5.0%} {high:5.0%}   median "
+              f"{np.median(score):5.2f}")
+
+
 def load_arrays(dataset: Path, name: str):
     target, normal, label, liver = load_case(dataset, name)
     t = np.stack([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in PHASES])
@@ -249,7 +278,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/diff4mm_synthesis_benchmark"))
     parser.add_argument("--cases", type=int, default=24, help="phantom training cases (default 24)")
     parser.add_argument("--eval-cases", type=int, default=4, help="held-out phantom cases (default 4)")
-    parser.add_argument("--samples", type=int, default=3, help="synthetic samples per held-out case (default 3)")
+    parser.add_argument("--samples", type=int, default=6, help="synthetic samples per held-out case (default 6)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a shared, oversubscribed machine 1 is ~9x faster than 2)")
@@ -326,6 +355,7 @@ def main(argv=None) -> int:
           "contrast")
     print(f"\nAP-vs-PVP rule on real tumors: {correct}/{len(real_all)} classified as their phantom type")
     spread_table(real_all, syn_stats)
+    type_table(real_groups["real hypervascular"], real_groups["real hypovascular"], syn_stats)
     ceiling = autoencoder_ceiling(synth["default"], eval_ds, eval_names)
     print("\nautoencoder ceiling: mean tumor change (target - normal) on the ROI grid, real vs after encode/decode "
           "(HU), held-out tumors; the synthesizer cannot paint what the autoencoder cannot decode")
