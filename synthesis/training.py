@@ -10,8 +10,9 @@ spacing (only the liver's bounding box plus half an ROI), and crops are cut from
    ~9x less per sample than 32^3 ROIs on CPU). No adversarial/perceptual term (CPU budget).
 2. Latent cache: every training ROI variant (jittered, flipped) is encoded once with the final autoencoder.
    The UNet diffuses the residual (z_tumor - z_normal) * target_scale (see models/conditional_unet.py) with
-   the DDPM loss on the noise (epsilon) or on v (Preset.prediction_type); EMA weights (diffusers EMAModel)
-   are validated and shipped.
+   the DDPM loss on the noise (epsilon) or on v (Preset.prediction_type), weighted 1 + unet_tumor_weight on
+   latent voxels at the tumor (the rest of the ROI's residual is ~0); EMA weights (diffusers EMAModel) are
+   validated and shipped.
 
 Runs under `accelerate.Accelerator` (plain CPU run or `accelerate launch` multi-GPU: each process draws its own
 share of every batch). Resumable: every epoch checkpoints models (save_pretrained), optimizer and EMA state
@@ -83,6 +84,9 @@ class Preset:
     # what the UNet predicts: "epsilon" (the noise) or "v_prediction" (Salimans & Ho's velocity, which stays
     # well-conditioned at the high-noise end where few-step DDIM starts)
     prediction_type: str = "epsilon"
+    # extra weight of the diffusion loss on latent voxels holding tumor (and one latent voxel around it): the
+    # tumor is ~1 % of a ROI's latent, and the rest is a near-zero residual the UNet learns early
+    unet_tumor_weight: float = 0.0
 
     def __post_init__(self):  # fail before hours of autoencoder training, not when the UNet stage starts
         _check_prediction_type(self.prediction_type)
@@ -98,25 +102,29 @@ PRESETS: dict[str, Preset] = {
                    latent_channels=4, unet_channels=(16, 32), unet_attention=(False, True), unet_norm_groups=8,
                    unet_head_channels=8, ae_patch_vox=16, ae_batch=4, ae_steps_per_epoch=3, ae_epochs=2,
                    ae_lr=1e-3, kl_weight=1e-6, unet_batch=8, unet_steps_per_epoch=3, unet_epochs=2, unet_lr=5e-4,
-                   latent_variants=2, tumor_free_fraction=0.2, ddim_steps=10, blend_margin_mm=9.0),
+                   latent_variants=2, tumor_free_fraction=0.2, ddim_steps=10, blend_margin_mm=9.0,
+                   unet_tumor_weight=100.0),
     # CPU: 96 mm ROI at 3 mm, 16^3 x 4 latent (a latent voxel is 6 mm, as in the gpu preset; at 12 mm the
     # autoencoder decoded a held-out +29 HU arterial enhancement as +4.5 HU, at 6 mm as +30); v-prediction (with
-    # epsilon 18 of 27 samples fell outside the real tumors' contrast range); 3000 + 6000 steps, ~37 min on one
-    # core (the CPU demo passes epochs=20 to stay in its budget). docs/decisions.md, Stage 3
+    # epsilon 18 of 27 samples fell outside the real tumors' contrast range); diffusion loss x101 near the tumor
+    # (unweighted, 62 % of the samples blended the two real enhancement patterns, weighted 43 %); 3000 + 6000
+    # steps, ~37 min on one core (the CPU demo passes epochs=20 to stay in its budget). docs/decisions.md, Stage 3
     "default": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32), ae_norm_groups=8,
                       latent_channels=4, unet_channels=(16, 32, 64), unet_attention=(False, False, True),
                       unet_norm_groups=8, unet_head_channels=16, ae_patch_vox=16, ae_batch=8,
                       ae_steps_per_epoch=50, ae_epochs=60, ae_lr=1e-3, kl_weight=1e-6, unet_batch=12,
                       unet_steps_per_epoch=50, unet_epochs=120, unet_lr=5e-4, latent_variants=12,
-                      tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=4.5, prediction_type="v_prediction"),
-    # one GPU: 96 mm ROI at 1.5 mm, 16^3 x 8 latent (6 mm latent voxel); v-prediction for the default preset's
-    # reason (trained for one epoch on an H200 only)
+                      tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=4.5, prediction_type="v_prediction",
+                      unet_tumor_weight=100.0),
+    # one GPU: 96 mm ROI at 1.5 mm, 16^3 x 8 latent (6 mm latent voxel); v-prediction and the tumor-weighted
+    # loss for the default preset's reasons (trained for one epoch on an H200 only)
     "gpu": Preset(roi_size_vox=64, working_spacing_mm=1.5, ae_channels=(32, 64, 128), ae_norm_groups=16,
                   latent_channels=8, unet_channels=(64, 128, 256), unet_attention=(False, True, True),
                   unet_norm_groups=32, unet_head_channels=32, ae_patch_vox=32, ae_batch=16,
                   ae_steps_per_epoch=200, ae_epochs=50, ae_lr=5e-4, kl_weight=1e-6, unet_batch=32,
                   unet_steps_per_epoch=200, unet_epochs=200, unet_lr=2e-4, latent_variants=32,
-                  tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=3.0, prediction_type="v_prediction"),
+                  tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=3.0, prediction_type="v_prediction",
+                  unet_tumor_weight=100.0),
 }
 
 
@@ -426,7 +434,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                 noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
                 t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
                 prediction = model(ddpm.add_noise(x0, noise, t), t, cond, m)
-                loss = F.mse_loss(prediction, _training_target(ddpm, x0, noise, t))
+                loss = _diffusion_loss(prediction, _training_target(ddpm, x0, noise, t), m, preset.unet_tumor_weight)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -439,7 +447,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             ema.store(raw.parameters())
             ema.copy_to(raw.parameters())
             val = _unet_validation(raw, ddpm, x0_of(val_cache), val_cache["normal"] * scaling_factor,
-                                   val_cache["mask"], accelerator.device, seed)
+                                   val_cache["mask"], accelerator.device, seed, preset.unet_tumor_weight)
             ema.restore(raw.parameters())
             state["unet"] = epoch + 1
             if main:
@@ -519,10 +527,24 @@ def _training_target(ddpm, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tenso
     return noise
 
 
+def _tumor_loss_weight(mask: torch.Tensor, tumor_weight: float) -> torch.Tensor:
+    """(B, 1, latent grid) loss weight: 1 + tumor_weight on latent voxels within one voxel of the tumor."""
+    near_tumor = F.max_pool3d((mask > 0).to(mask.dtype), kernel_size=3, stride=1, padding=1)
+    return 1.0 + tumor_weight * near_tumor
+
+
+def _diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, tumor_weight: float
+                    ) -> torch.Tensor:
+    """Tumor-weighted mean squared error (plain MSE for tumor_weight 0)."""
+    weight = _tumor_loss_weight(mask, tumor_weight)
+    return ((prediction - target) ** 2 * weight).mean() / weight.mean()
+
+
 @torch.no_grad()
-def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, seed: int) -> float:
-    """MSE of the UNet's prediction (noise or velocity) at 8 fixed timesteps with fixed noise, so epochs are
-    comparable."""
+def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, seed: int,
+                     tumor_weight: float = 0.0) -> float:
+    """The training loss (tumor-weighted MSE of the noise or velocity) on the validation ROIs at 8 fixed
+    timesteps with fixed noise, so epochs are comparable."""
     unet.eval()
     gen = torch.Generator("cpu").manual_seed(seed + 12345)
     losses = []
@@ -533,7 +555,7 @@ def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, se
             xt = ddpm.add_noise(x0[chunk], noise, t)
             prediction = unet(xt.to(device), t.to(device), cond[chunk].to(device), mask[chunk].to(device))
             target = _training_target(ddpm, x0[chunk], noise, t)
-            losses.append(F.mse_loss(prediction.cpu(), target).item() * len(chunk))
+            losses.append(_diffusion_loss(prediction.cpu(), target, mask[chunk], tumor_weight).item() * len(chunk))
     return float(np.sum(losses) / (8 * len(x0)))
 
 

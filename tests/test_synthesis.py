@@ -241,6 +241,27 @@ def test_sampler_reads_the_training_target_the_way_training_defines_it(predictio
         replace(PRESETS["tiny"], prediction_type="sample")
 
 
+def test_diffusion_loss_weights_the_tumor_and_one_latent_voxel_around_it():
+    """The tumor is ~1 % of a ROI's latent; the loss must not spend itself on the ~0 residual around it."""
+    from synthesis.training import _diffusion_loss, _tumor_loss_weight
+
+    mask = torch.zeros(2, 1, 6, 6, 6)
+    mask[0, 0, 2, 3, 3] = 0.1  # a latent voxel holding a little tumor counts as tumor
+    weight = _tumor_loss_weight(mask, 9.0)
+    near = torch.zeros(6, 6, 6, dtype=torch.bool)
+    near[1:4, 2:5, 2:5] = True
+    assert torch.equal(weight[0, 0][near], torch.full((27,), 10.0))
+    assert torch.equal(weight[0, 0][~near], torch.ones(int((~near).sum())))
+    assert torch.equal(weight[1], torch.ones(1, 6, 6, 6))  # a tumor-free ROI keeps the plain loss
+    assert torch.equal(_tumor_loss_weight(mask, 0.0), torch.ones_like(mask))
+    zero = torch.zeros(2, 4, 6, 6, 6)
+    at_tumor, far = zero.clone(), zero.clone()
+    at_tumor[0, :, 2, 3, 3] = 1.0
+    far[0, :, 5, 0, 0] = 1.0
+    assert _diffusion_loss(zero, at_tumor, mask, 0.0) == _diffusion_loss(zero, far, mask, 0.0)  # plain MSE
+    assert _diffusion_loss(zero, at_tumor, mask, 9.0) > 5 * _diffusion_loss(zero, far, mask, 9.0)
+
+
 # ---- Synthesizer ------------------------------------------------------------------------------------------------
 
 def test_sampling_is_reproducible_for_a_seed_and_differs_between_seeds(bundle, case):
