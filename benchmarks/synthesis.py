@@ -40,6 +40,7 @@ from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
 from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
+from synthesis.tumor_masks import equivalent_diameter_mm  # noqa: E402
 
 VISIBLE_HU = 10.0
 
@@ -110,9 +111,8 @@ def tumor_stats(image: np.ndarray, normal: np.ndarray, mask: np.ndarray, liver: 
             pred = np.abs(smooth[c][box]) > abs(painted) / 2
             dice.append(float(2 * (pred & comp).sum() / (pred.sum() + comp.sum())))
         centre = np.argwhere(comps == k).mean(0)
-        diameter = float((6.0 * comp.sum() * np.prod(spacing_zyx) / np.pi) ** (1.0 / 3.0))  # equivalent sphere
         out.append({"hu": hu, "contrast": contrast, "dice": dice, "centre": centre, "voxels": int(comp.sum()),
-                    "diameter_mm": diameter})
+                    "diameter_mm": float(equivalent_diameter_mm(comp.sum() * np.prod(spacing_zyx)))})
     return out
 
 

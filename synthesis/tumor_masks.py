@@ -120,6 +120,11 @@ def random_tumor_mask(liver: np.ndarray, spacing_xyz, rng: np.random.Generator,
                    "voxels": p["voxels"]} for p in placed]
 
 
+def equivalent_diameter_mm(volume_mm3):
+    """Diameter of the sphere with this volume: the tumor size every distribution here is stated in."""
+    return (6.0 * np.asarray(volume_mm3, float) / np.pi) ** (1.0 / 3.0)
+
+
 def fit_mask_distribution(labels: list[tuple[np.ndarray, tuple[float, float, float]]], tumor_value: int = 2
                           ) -> TumorMaskDistribution:
     """Fit count and size distributions to training labels [(label z-y-x, spacing x-y-z mm), ...].
@@ -132,9 +137,7 @@ def fit_mask_distribution(labels: list[tuple[np.ndarray, tuple[float, float, flo
         comps, n = ndimage.label(label == tumor_value, structure=np.ones((3, 3, 3)))
         counts.append(n)
         if n:
-            voxel_ml = float(np.prod(spacing))
-            sizes = np.bincount(comps.ravel())[1:] * voxel_ml
-            diameters += list((6 * sizes / np.pi) ** (1 / 3))
+            diameters += list(equivalent_diameter_mm(np.bincount(comps.ravel())[1:] * float(np.prod(spacing))))
     default = TumorMaskDistribution()
     if not diameters:
         return default
