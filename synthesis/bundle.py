@@ -3,7 +3,7 @@
     BUNDLE/
       diff4mm_bundle.json     format_version, phases, spatial_dims, roi_size_vox, working_spacing_mm,
                               intensity_window_hu, blend_margin_mm, ddim_steps, mask_distribution,
-                              sha256 of every file below, package versions, training record
+                              enhancement_bank (training tumors' patterns, when the UNet takes them), sha256 of every file below, package versions, training record
       autoencoder/            ROIAutoencoderKL.save_pretrained (config.json + safetensors)
       unet/                   MaskConditionedUNet (EMA weights) .save_pretrained
       scheduler/              DDIMScheduler.save_pretrained (scheduler_config.json)
@@ -25,6 +25,7 @@ import torch
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec
+from .enhancement import EnhancementBank
 from .tumor_masks import TumorMaskDistribution
 
 FORMAT_VERSION = 1
@@ -50,6 +51,7 @@ class SynthesisBundle:
     unet: MaskConditionedUNet
     scheduler: object  # a diffusers scheduler (DDIMScheduler)
     info: dict = field(default_factory=dict)
+    enhancement_bank: EnhancementBank | None = None  # set when the UNet is conditioned on enhancement patterns
 
     def check_phases(self, phases, where: str = "dataset") -> None:
         """Raise BundleError unless `phases` (a dataset's phase order) equals the bundle's."""
@@ -87,9 +89,14 @@ def _versions() -> dict[str, str]:
 
 def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler, phases,
                 roi: ROISpec, intensity_window_hu, blend_margin_mm: float, ddim_steps: int,
-                mask_distribution: TumorMaskDistribution, training: dict | None = None) -> Path:
+                mask_distribution: TumorMaskDistribution, training: dict | None = None,
+                enhancement_bank: EnhancementBank | None = None) -> Path:
     """Write a bundle folder (components first, the JSON with their hashes last and atomically)."""
     path = Path(path)
+    wanted = int(unet.config.get("enhancement_channels", 0))
+    if wanted and (enhancement_bank is None or enhancement_bank.channels != wanted):
+        raise ValueError(f"{path}: the UNet takes {wanted}-phase enhancement patterns; pass the enhancement_bank "
+                         "of its training tumors")
     path.mkdir(parents=True, exist_ok=True)
     (path / BUNDLE_JSON).unlink(missing_ok=True)
     autoencoder.save_pretrained(path / "autoencoder", safe_serialization=True)
@@ -107,6 +114,7 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
         "blend_margin_mm": float(blend_margin_mm),
         "ddim_steps": int(ddim_steps),
         "mask_distribution": mask_distribution.to_json(),
+        "enhancement_bank": enhancement_bank.to_json() if enhancement_bank is not None else None,
         "files": files,
         "versions": _versions(),
         "training": training or {},
@@ -166,6 +174,17 @@ def load_bundle(path, device: str | torch.device = "cpu") -> SynthesisBundle:
         except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BundleError(f"{path / name}: cannot load {cls.__name__} ({first})") from None
+    wanted = int(models["unet"].config.get("enhancement_channels", 0))
+    bank = None
+    if wanted:
+        try:
+            bank = EnhancementBank.from_json(config["enhancement_bank"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"{path / BUNDLE_JSON}: the UNet takes enhancement patterns but the enhancement_bank "
+                              f"is missing or malformed ({type(err).__name__}: {err})") from None
+        if bank.channels != wanted or wanted != len(config["phases"]):
+            raise BundleError(f"{path / BUNDLE_JSON}: enhancement_bank has {bank.channels} phases, the UNet takes "
+                              f"{wanted}, the bundle lists {len(config['phases'])}; retrain the bundle")
     try:
         scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     except (OSError, ValueError) as err:
@@ -177,4 +196,5 @@ def load_bundle(path, device: str | torch.device = "cpu") -> SynthesisBundle:
         ddim_steps=int(config["ddim_steps"]),
         mask_distribution=TumorMaskDistribution.from_json(config["mask_distribution"]),
         autoencoder=models["autoencoder"], unet=models["unet"], scheduler=scheduler, info=config,
+        enhancement_bank=bank,
     )

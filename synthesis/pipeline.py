@@ -5,8 +5,9 @@
 space conditioned on (normal latent, mask), decode.
 
 `Synthesizer` works on whole cases in HU: it draws a random tumor mask inside the liver from the bundle's
-fitted distribution (unless one is given), synthesises one ROI per tumor component (one batched pipeline
-call) and adds what the tumor changes - decoded synthetic ROI minus decoded normal ROI - to the normal volume,
+fitted distribution (unless one is given), gives each tumor component an enhancement pattern (drawn from the
+bundle's training tumors of similar size, unless given; bundles whose UNet takes one, synthesis/enhancement.py),
+synthesises one ROI per tumor component (one batched pipeline call) and adds what the tumor changes - decoded synthetic ROI minus decoded normal ROI - to the normal volume,
 weighted by 1 inside the mask and a distance feather (to 0 at `blend_margin_mm` outside it). Adding the
 change rather than pasting the decoded ROI keeps the scan's own noise and texture (the autoencoder returns a
 smoothed ROI, and a smooth patch would be a give-away for a segmenter) and cancels the autoencoder's
@@ -22,11 +23,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
 from .bundle import SynthesisBundle, load_bundle
+from .enhancement import roi_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight, normalize_hu,
                   roi_box, roi_to_case)
-from .tumor_masks import TumorMaskDistribution, random_tumor_mask
+from .tumor_masks import TumorMaskDistribution, equivalent_diameter_mm, random_tumor_mask
 
 _CONNECTIVITY = np.ones((3, 3, 3), bool)
 
@@ -51,7 +53,8 @@ class TumorSynthesisPipeline(DiffusionPipeline):
     def __call__(self, normal_roi: torch.Tensor, mask_roi: torch.Tensor,
                  generator: torch.Generator | None = None, num_inference_steps: int = 20,
                  output_type: str = "image") -> torch.Tensor:
-        """normal_roi (B, C, n, n, n) in [-1, 1], mask_roi (B, 1, n, n, n) in [0, 1] -> (B, C, n, n, n):
+        """normal_roi (B, C, n, n, n) in [-1, 1], mask_roi (B, 1, n, n, n) in [0, 1] (or the (B, 1 + C, ...)
+        condition with enhancement patterns, for a UNet that takes them) -> (B, C, n, n, n):
         output_type "image": the decoded ROI in [-1, 1]; "difference": decoded ROI minus the decoded normal ROI
         (what the tumor changes; the Synthesizer adds it to the normal CT); "latent": the sampled latent.
         Noise comes from `generator` (CPU generators give the same result on any device)."""
@@ -110,11 +113,12 @@ class Synthesizer:
         return mask.astype(bool)
 
     def __call__(self, normal_hu: np.ndarray, spacing_xyz, liver_mask: np.ndarray, rng: np.random.Generator,
-                 mask: np.ndarray | None = None, num_inference_steps: int | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 mask: np.ndarray | None = None, num_inference_steps: int | None = None,
+                 enhancement_hu=None) -> tuple[np.ndarray, np.ndarray]:
         """normal_hu (C, Z, Y, X) HU in the bundle's phase order, spacing_xyz = voxel size of axes (X, Y, Z) =
         (axis 2, axis 1, axis 0), liver_mask (Z, Y, X) -> (image_hu float32 (C, Z, Y, X), label uint8 (Z, Y, X):
-        1 liver, 2 tumor)."""
+        1 liver, 2 tumor). `enhancement_hu`: the mean change per phase (HU) to paint, one (C,) row for every
+        tumor component (in scipy.ndimage.label order) or one for all; default: drawn from the bundle."""
         b = self.bundle
         normal_hu = np.asarray(normal_hu)
         liver_mask = np.asarray(liver_mask, bool)
@@ -133,6 +137,7 @@ class Synthesizer:
         label[mask] = 2
         components, n = ndimage.label(mask, structure=_CONNECTIVITY)
         seed = int(rng.integers(0, 2**63 - 1))
+        patterns = self.enhancement_patterns(components, n, spacing_xyz, rng, enhancement_hu)
         if n == 0:
             return image, label
         centres, boxes, weights = [], [], []
@@ -154,13 +159,38 @@ class Synthesizer:
             weights.append(feather_weight(comp[box], spacing_xyz, b.blend_margin_mm))
             normal_rois.append(normalize_hu(extract_roi(normal_hu, spacing_xyz, centre, b.roi, cval=-1024.0),
                                             b.intensity_window_hu))
-            mask_rois.append(extract_roi(mask_f, spacing_xyz, centre, b.roi, cval=0.0)[None])
+            if patterns is None:
+                mask_rois.append(extract_roi(mask_f, spacing_xyz, centre, b.roi, cval=0.0)[None])
+            else:
+                mask_rois.append(roi_condition(components, patterns, spacing_xyz, centre, b.roi))
         change = self.synthesize_rois(np.stack(normal_rois), np.stack(mask_rois), seed, num_inference_steps,
                                       output_type="difference")
         scale = (b.intensity_window_hu[1] - b.intensity_window_hu[0]) / 2.0  # normalised units -> HU
         for roi, centre, box, weight in zip(change, centres, boxes, weights):
             add_change(image, roi_to_case(roi * scale, spacing_xyz, centre, b.roi, box), weight, box)
         return image, label
+
+    def enhancement_patterns(self, components: np.ndarray, n: int, spacing_xyz, rng: np.random.Generator,
+                             given=None) -> np.ndarray | None:
+        """(n, C) enhancement pattern (HU) of each of the n labelled tumor components: `given`, or drawn from the
+        bundle's training tumors of similar size; None for a UNet conditioned on the mask alone."""
+        bank = self.bundle.enhancement_bank
+        if bank is None:
+            if given is not None:
+                raise ValueError(f"{self.bundle.path}: this bundle's UNet is conditioned on the mask alone; it "
+                                 "cannot take enhancement_hu")
+            return None
+        if given is not None:
+            given = np.asarray(given, np.float32)
+            if given.ndim == 1:
+                given = np.broadcast_to(given, (n, given.shape[0]))
+            if given.shape != (n, bank.channels):
+                raise ValueError(f"enhancement_hu must be ({bank.channels},) or ({n}, {bank.channels}) (one row "
+                                 f"per tumor component, phases {self.phases}), got shape {given.shape}")
+            return given
+        voxels = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        diameters = equivalent_diameter_mm(voxels * float(np.prod(spacing_xyz)))
+        return np.stack([bank.draw(d, rng) for d in diameters]) if n else np.zeros((0, bank.channels), np.float32)
 
     def synthesize_rois(self, normal_rois: np.ndarray, mask_rois: np.ndarray, seed: int,
                         num_inference_steps: int | None = None, output_type: str = "image") -> np.ndarray:

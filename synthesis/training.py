@@ -2,7 +2,8 @@
 
 Training data per labelled case: ROIs around each real tumor component (random jitter and flips) plus a
 fraction of ROIs centred anywhere in the liver; target = the registered real phases (with tumors), condition =
-the normal (tumor-free) phases + the real tumor mask of that ROI. Everything is resampled once to the working
+the normal (tumor-free) phases + the real tumor mask of that ROI (+ each tumor's enhancement pattern, its mean
+change per phase, with Preset.enhancement_condition; the patterns go into the bundle's bank). Everything is resampled once to the working
 spacing (only the liver's bounding box plus half an ROI), and crops are cut from there.
 
 1. Autoencoder: L1 (tumor voxels weighted 1 + ae_tumor_weight) + kl_weight * KL on random patches (mostly
@@ -40,7 +41,8 @@ from .bundle import BUNDLE_JSON, resolve_device, save_bundle
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
-from .tumor_masks import fit_mask_distribution
+from .enhancement import EnhancementBank, condition_map, measure_patterns, tumor_components
+from .tumor_masks import equivalent_diameter_mm, fit_mask_distribution
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -87,6 +89,9 @@ class Preset:
     # extra weight of the diffusion loss on latent voxels holding tumor (and one latent voxel around it): the
     # tumor is ~1 % of a ROI's latent, and the rest is a near-zero residual the UNet learns early
     unet_tumor_weight: float = 0.0
+    # condition the UNet on each tumor's enhancement pattern (mean change per phase in HU; drawn at sampling
+    # from the training tumors of similar size, synthesis/enhancement.py), not on the mask alone
+    enhancement_condition: bool = False
 
     def __post_init__(self):  # fail before hours of autoencoder training, not when the UNet stage starts
         _check_prediction_type(self.prediction_type)
@@ -103,28 +108,30 @@ PRESETS: dict[str, Preset] = {
                    unet_head_channels=8, ae_patch_vox=16, ae_batch=4, ae_steps_per_epoch=3, ae_epochs=2,
                    ae_lr=1e-3, kl_weight=1e-6, unet_batch=8, unet_steps_per_epoch=3, unet_epochs=2, unet_lr=5e-4,
                    latent_variants=2, tumor_free_fraction=0.2, ddim_steps=10, blend_margin_mm=9.0,
-                   unet_tumor_weight=100.0),
+                   unet_tumor_weight=100.0, enhancement_condition=True),
     # CPU: 96 mm ROI at 3 mm, 16^3 x 4 latent (a latent voxel is 6 mm, as in the gpu preset; at 12 mm the
     # autoencoder decoded a held-out +29 HU arterial enhancement as +4.5 HU, at 6 mm as +30); v-prediction (with
     # epsilon 18 of 27 samples fell outside the real tumors' contrast range); diffusion loss x101 near the tumor
-    # (unweighted, 62 % of the samples blended the two real enhancement patterns, weighted 43 %); 3000 + 6000
-    # steps, ~37 min on one core (the CPU demo passes epochs=20 to stay in its budget). docs/decisions.md, Stage 3
+    # (unweighted, 62 % of the samples blended the two real enhancement patterns, weighted 43 %); each tumor's
+    # enhancement pattern as a condition (blends 38 %, hypervascular arterial contrast +25 HU, mask-only +11,
+    # real +32); 3000 + 6000 steps, ~37 min on one core (the CPU demo passes epochs=20 to stay in its budget).
+    # docs/decisions.md, Stage 3
     "default": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32), ae_norm_groups=8,
                       latent_channels=4, unet_channels=(16, 32, 64), unet_attention=(False, False, True),
                       unet_norm_groups=8, unet_head_channels=16, ae_patch_vox=16, ae_batch=8,
                       ae_steps_per_epoch=50, ae_epochs=60, ae_lr=1e-3, kl_weight=1e-6, unet_batch=12,
                       unet_steps_per_epoch=50, unet_epochs=120, unet_lr=5e-4, latent_variants=12,
                       tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=4.5, prediction_type="v_prediction",
-                      unet_tumor_weight=100.0),
-    # one GPU: 96 mm ROI at 1.5 mm, 16^3 x 8 latent (6 mm latent voxel); v-prediction and the tumor-weighted
-    # loss for the default preset's reasons (trained for one epoch on an H200 only)
+                      unet_tumor_weight=100.0, enhancement_condition=True),
+    # one GPU: 96 mm ROI at 1.5 mm, 16^3 x 8 latent (6 mm latent voxel); v-prediction, the tumor-weighted
+    # loss and the enhancement condition for the default preset's reasons (trained for one epoch on an H200 only)
     "gpu": Preset(roi_size_vox=64, working_spacing_mm=1.5, ae_channels=(32, 64, 128), ae_norm_groups=16,
                   latent_channels=8, unet_channels=(64, 128, 256), unet_attention=(False, True, True),
                   unet_norm_groups=32, unet_head_channels=32, ae_patch_vox=32, ae_batch=16,
                   ae_steps_per_epoch=200, ae_epochs=50, ae_lr=5e-4, kl_weight=1e-6, unet_batch=32,
                   unet_steps_per_epoch=200, unet_epochs=200, unet_lr=2e-4, latent_variants=32,
                   tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=3.0, prediction_type="v_prediction",
-                  unet_tumor_weight=100.0),
+                  unet_tumor_weight=100.0, enhancement_condition=True),
 }
 
 
@@ -146,8 +153,11 @@ class _Case:
     target: np.ndarray  # (C, Z, Y, X) in [-1, 1] at the working spacing
     normal: np.ndarray
     tumor: np.ndarray  # (Z, Y, X) tumor fraction
+    condition: np.ndarray  # (1 [+ C], Z, Y, X) the UNet's tumor condition: fraction [+ fraction x pattern]
     liver_idx: np.ndarray  # (N, 3) liver voxel indices
     tumor_centres: list[np.ndarray]
+    patterns_hu: np.ndarray  # (n tumors, C) enhancement pattern of each tumor
+    diameters_mm: np.ndarray  # (n tumors,) equivalent diameter
 
 
 def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, preset: Preset) -> _Case:
@@ -171,24 +181,32 @@ def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, p
     def grid(arrays, cval):
         return resample_grid(np.stack(arrays), start, step, shape, cval=cval)
 
-    tgt = normalize_hu(grid([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in phases], -1024.0),
-                       preset.intensity_window_hu)
-    nrm = normalize_hu(grid([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases], -1024.0),
-                       preset.intensity_window_hu)
+    tgt_hu = grid([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in phases], -1024.0)
+    nrm_hu = grid([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases], -1024.0)
     masks = grid([(lab == 2).astype(np.float32), (lab > 0).astype(np.float32)], 0.0)
-    tumor, liver_w = masks[0], masks[1] > 0.5
+    tumor, liver_w = masks[0].astype(np.float32), masks[1] > 0.5
     comps, n = ndimage.label(tumor > 0.5, structure=np.ones((3, 3, 3)))
     centres = [np.rint((np.array([s.start for s in o]) + np.array([s.stop - 1 for s in o])) / 2).astype(int)
                for o in ndimage.find_objects(comps)] if n else []
-    return _Case(name, tgt, nrm, tumor.astype(np.float32), np.argwhere(liver_w), centres)
+    parts, n_parts = tumor_components(tumor)
+    patterns = measure_patterns(tgt_hu - nrm_hu, tumor, parts, n_parts)
+    voxel_mm3 = preset.working_spacing_mm ** 3
+    diameters = np.array([equivalent_diameter_mm(tumor[parts == k].sum() * voxel_mm3) for k in range(1, n_parts + 1)])
+    condition = condition_map(tumor, parts, patterns) if preset.enhancement_condition else tumor[None]
+    window = preset.intensity_window_hu
+    return _Case(name, normalize_hu(tgt_hu, window), normalize_hu(nrm_hu, window), tumor, condition,
+                 np.argwhere(liver_w), centres, patterns, diameters)
 
 
-def _crop(array: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
-    """size^3 crop centred at `centre`; the prepared volumes carry a margin, so only rare crops need padding."""
+def _crop(array: np.ndarray, centre: np.ndarray, size: int, cval: float | None = None) -> np.ndarray:
+    """size^3 crop centred at `centre`; the prepared volumes carry a margin, so only rare crops need padding
+    (with `cval`; default -1 = air for images (C, Z, Y, X), 0 for maps (Z, Y, X))."""
     lo = np.asarray(centre) - size // 2
     spatial = array.shape[-3:]
     src = tuple(slice(max(a, 0), min(a + size, n)) for a, n in zip(lo, spatial))
-    out = np.full(array.shape[:-3] + (size,) * 3, -1.0 if array.ndim == 4 else 0.0, np.float32)
+    if cval is None:
+        cval = -1.0 if array.ndim == 4 else 0.0
+    out = np.full(array.shape[:-3] + (size,) * 3, cval, np.float32)
     dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
     out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
     return out
@@ -202,7 +220,7 @@ def _sample_centre(case: _Case, rng: np.random.Generator, jitter: int, tumor_fre
 
 
 def _roi_sample(case: _Case, centre, size: int, flips) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    out = [_crop(case.target, centre, size), _crop(case.normal, centre, size), _crop(case.tumor, centre, size)[None]]
+    out = [_crop(case.target, centre, size), _crop(case.normal, centre, size), _crop(case.condition, centre, size, 0.0)]
     for axis, flip in enumerate(flips):
         if flip:
             out = [np.flip(a, axis + 1) for a in out]
@@ -322,6 +340,12 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     n_val = 0 if len(prepared) < 2 else max(1, len(prepared) // 8)
     train_cases, val_cases = prepared[: len(prepared) - n_val], (prepared[len(prepared) - n_val:] or prepared)
     distribution = fit_mask_distribution(labels)
+    enhancement_bank = None
+    if preset.enhancement_condition:
+        tumors = [(p, d) for c in prepared for p, d in zip(c.patterns_hu, c.diameters_mm)]
+        if not tumors:
+            raise ValueError("no tumor in the training labels (value 2): nothing to learn enhancement patterns from")
+        enhancement_bank = EnhancementBank([p.tolist() for p, _ in tumors], [float(d) for _, d in tumors])
     del labels
     size, jitter = preset.roi_size_vox, max(1, preset.roi_size_vox // 8)
     prep_seconds = time.time() - t0
@@ -388,7 +412,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     z_all = torch.cat([train_cache["target"], train_cache["normal"]])
     scaling_factor = float(1.0 / z_all.std())
     residual = (train_cache["target"] - train_cache["normal"]) * scaling_factor
-    inside = (train_cache["mask"] > 0).expand_as(residual)
+    inside = (train_cache["mask"][:, :1] > 0).expand_as(residual)
     target_scale = float(1.0 / residual[inside].std()) if inside.sum() > 1 else 1.0
     ae.register_to_config(scaling_factor=scaling_factor)
     cache_seconds = time.time() - t_cache
@@ -404,7 +428,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
         unet = MaskConditionedUNet(latent_channels=preset.latent_channels, channels=preset.unet_channels,
                                    attention_levels=preset.unet_attention, norm_num_groups=preset.unet_norm_groups,
                                    num_head_channels=preset.unet_head_channels, target="residual",
-                                   target_scale=target_scale)
+                                   target_scale=target_scale,
+                                   enhancement_channels=len(phases) if preset.enhancement_condition else 0)
     if state["unet"] > 0:
         unet = MaskConditionedUNet.from_pretrained(unet_dir, use_safetensors=True)
     ema = EMAModel(unet.parameters(), decay=preset.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
@@ -476,7 +501,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                     "latent_rois": int(len(train_cache["target"])), "device": str(accelerator.device)}
         save_bundle(out_dir, autoencoder=ae, unet=unet, scheduler=ddim, phases=phases, roi=preset.roi,
                     intensity_window_hu=preset.intensity_window_hu, blend_margin_mm=preset.blend_margin_mm,
-                    ddim_steps=preset.ddim_steps, mask_distribution=distribution, training=training)
+                    ddim_steps=preset.ddim_steps, mask_distribution=distribution, training=training,
+                    enhancement_bank=enhancement_bank)
         _write_previews(out_dir, val_rois[:4], phases, preset.intensity_window_hu, seed)
         shutil.rmtree(ckpt, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -529,7 +555,7 @@ def _training_target(ddpm, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tenso
 
 def _tumor_loss_weight(mask: torch.Tensor, tumor_weight: float) -> torch.Tensor:
     """(B, 1, latent grid) loss weight: 1 + tumor_weight on latent voxels within one voxel of the tumor."""
-    near_tumor = F.max_pool3d((mask > 0).to(mask.dtype), kernel_size=3, stride=1, padding=1)
+    near_tumor = F.max_pool3d((mask[:, :1] > 0).to(mask.dtype), kernel_size=3, stride=1, padding=1)
     return 1.0 + tumor_weight * near_tumor
 
 
@@ -601,7 +627,7 @@ def _write_previews(out_dir: Path, val_cache_rois: list, phases, window, seed: i
     mask = np.stack([r[2] for r in val_cache_rois])
     # what the Synthesizer paints: the normal ROI plus the decoded change, inside the mask
     change = synth.synthesize_rois(normal, mask, seed, output_type="difference")
-    synthetic = normal + change * np.clip(mask * 2.0, 0.0, 1.0)
+    synthetic = normal + change * np.clip(mask[:, :1] * 2.0, 0.0, 1.0)
     rows, cols = len(val_cache_rois), 3 * len(phases)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows + 0.4), squeeze=False)
     z = normal.shape[2] // 2

@@ -83,6 +83,48 @@ def case(raw):
     return normal_hu, label.GetSpacing(), sitk.GetArrayFromImage(liver) > 0
 
 
+# ---- enhancement patterns (no model) --------------------------------------------------------------------------
+
+def test_enhancement_patterns_are_measured_per_tumor_rasterised_and_drawn_by_size():
+    from synthesis.enhancement import (ENHANCEMENT_UNIT_HU, EnhancementBank, condition_map, measure_patterns,
+                                       roi_condition, tumor_components)
+
+    shape, spacing = (30, 40, 40), (2.0, 2.0, 3.0)
+    zz, yy, xx = np.indices(shape)
+    big = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 36
+    small = (zz - 15) ** 2 + (yy - 30) ** 2 + (xx - 28) ** 2 <= 4
+    fraction = (big | small).astype(np.float32)
+    hyper, hypo = np.array([-5, 30, -10, -12], np.float32), np.array([-8, -10, -35, -20], np.float32)
+    rng = np.random.default_rng(0)
+    change = rng.normal(0, 3, (4, *shape)).astype(np.float32)
+    change[:, big] += hyper[:, None]
+    change[:, small] += hypo[:, None]
+    components, n = tumor_components(fraction)
+    patterns = measure_patterns(change, fraction, components, n)
+    order = [components[12, 12, 12] - 1, components[15, 30, 28] - 1]
+    np.testing.assert_allclose(patterns[order], np.stack([hyper, hypo]), atol=1.5)
+
+    cond = condition_map(fraction, components, patterns)
+    assert cond.shape == (5, *shape)
+    np.testing.assert_allclose(cond[1:, 12, 12, 12], patterns[order[0]] / ENHANCEMENT_UNIT_HU)
+    assert not cond[:, 0, 0, 0].any()
+    # one ROI: channel 0 is the resampled mask, the others the mask times each tumor's own pattern
+    spec = ROISpec(16, 3.0)
+    roi = roi_condition(components, patterns, spacing, (12, 12, 12), spec)
+    np.testing.assert_allclose(roi[0], extract_roi(fraction, spacing, (12, 12, 12), spec), atol=1e-5)
+    only_big = extract_roi(big.astype(np.float32), spacing, (12, 12, 12), spec)
+    only_small = extract_roi(small.astype(np.float32), spacing, (12, 12, 12), spec)
+    expected = (only_big[None] * patterns[order[0]][:, None, None, None]
+                + only_small[None] * patterns[order[1]][:, None, None, None]) / ENHANCEMENT_UNIT_HU
+    np.testing.assert_allclose(roi[1:], expected, atol=1e-5)
+
+    bank = EnhancementBank([[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 0, 40], [0, 0, 0, 50],
+                            [0, 0, 0, 60]], [5.0, 6.0, 7.0, 30.0, 35.0, 40.0])
+    draws = {float(bank.draw(6.5, np.random.default_rng(i))[3]) for i in range(40)}
+    assert draws == {1.0, 2.0, 3.0}  # the 3 nearest in size, each drawn
+    assert EnhancementBank.from_json(bank.to_json()) == bank
+
+
 # ---- ROI geometry (no model) ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spacing", [(0.8, 0.8, 2.5), (3.0, 3.0, 5.0)])
@@ -142,7 +184,8 @@ def test_bundle_holds_only_safetensors_and_reloads_bit_identically(bundle, tmp_p
     copy = save_bundle(tmp_path / "copy", autoencoder=loaded.autoencoder, unet=loaded.unet,
                        scheduler=loaded.scheduler, phases=loaded.phases, roi=loaded.roi,
                        intensity_window_hu=loaded.intensity_window_hu, blend_margin_mm=loaded.blend_margin_mm,
-                       ddim_steps=loaded.ddim_steps, mask_distribution=loaded.mask_distribution)
+                       ddim_steps=loaded.ddim_steps, mask_distribution=loaded.mask_distribution,
+                       enhancement_bank=loaded.enhancement_bank)
     again = load_bundle(copy)
     weight_hashes = {k: v for k, v in json.loads((copy / BUNDLE_JSON).read_text(encoding="utf-8"))["files"].items()
                      if k.endswith(".safetensors")}
@@ -151,6 +194,7 @@ def test_bundle_holds_only_safetensors_and_reloads_bit_identically(bundle, tmp_p
         a, b = getattr(loaded, name).state_dict(), getattr(again, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert again.mask_distribution == loaded.mask_distribution
+    assert again.enhancement_bank == loaded.enhancement_bank and loaded.enhancement_bank.channels == 4
 
 
 def test_corrupted_or_incomplete_bundle_raises_one_clear_line(bundle, tmp_path):
@@ -180,6 +224,13 @@ def test_corrupted_or_incomplete_bundle_raises_one_clear_line(bundle, tmp_path):
     (old / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(BundleError, match="format_version 0"):
         load_bundle(old)
+
+    config["format_version"] = 1
+    config["enhancement_bank"] = None  # a UNet that takes enhancement patterns, without the patterns to draw
+    (old / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(BundleError, match="takes enhancement patterns but the enhancement_bank is missing") as err:
+        load_bundle(old)
+    assert str(old / BUNDLE_JSON) in str(err.value)
 
 
 def test_phase_mismatch_names_both_phase_lists(bundle):
@@ -278,6 +329,17 @@ def test_sampling_is_reproducible_for_a_seed_and_differs_between_seeds(bundle, c
     assert np.array_equal(label > 0, liver | (label == 2))
 
 
+def test_a_given_enhancement_pattern_steers_the_sample_and_a_wrong_shape_is_refused(bundle, case):
+    normal_hu, spacing, liver = case
+    synth = Synthesizer.from_bundle(bundle)
+    mask = synth.random_mask(liver, spacing, np.random.default_rng(3))
+    run = [synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=e)[0]
+           for e in ([-5, 30, -10, -12], [-5, 30, -10, -12], [-8, -10, -35, -20])]
+    assert np.array_equal(run[0], run[1]) and not np.array_equal(run[0], run[2])
+    with pytest.raises(ValueError, match="enhancement_hu must be"):
+        synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=[1.0, 2.0])
+
+
 def test_output_is_the_normal_ct_outside_the_blend_region_and_label_is_the_mask(bundle, case):
     synth = Synthesizer.from_bundle(bundle)
     normal, spacing, liver = case
@@ -361,3 +423,4 @@ def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeyp
     for name in ("autoencoder", "unet"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+
