@@ -14,6 +14,8 @@ evaluation cases, each with registered phases = the phantom's ground-truth align
   * per-tumor spread: how many synthetic tumors are invisible or beyond the real contrasts (means hide both);
   * type score: whether each tumor paints one of the two real enhancement patterns or a blend of them, for
     tumors below and above 20 mm;
+  * rendering (bundles conditioned on enhancement patterns): the pattern each synthetic tumor was asked for vs
+    the one painted, per phase (correlation, slope);
   * autoencoder ceiling: each held-out real tumor's change (target - normal) before and after encode/decode,
     per phase and type: the most the diffusion model can paint through this autoencoder;
   * speed: synthetic cases per second on this CPU (random mask + synthesis + blending) at tiny and default;
@@ -22,6 +24,7 @@ and writes work/montage.png (each held-out case beside a synthetic one, 80 mm ar
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -37,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case  # noqa: E402
 from registration.image_io import write_image_atomic  # noqa: E402
 from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
+from synthesis.enhancement import measure_patterns  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
 from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
@@ -226,6 +230,34 @@ def type_table(real_hyper: list[dict], real_hypo: list[dict], synthetic: list[di
               f"{np.median(score):5.2f}")
 
 
+def requested_patterns(synth: Synthesizer, mask: np.ndarray, spacing_xyz, rng: np.random.Generator):
+    """The enhancement patterns the Synthesizer will draw for `mask` with `rng` (as its next call would: the
+    noise seed first, then one pattern per component), without advancing `rng`; None without a bank."""
+    if synth.bundle.enhancement_bank is None:
+        return None
+    rng = copy.deepcopy(rng)
+    rng.integers(0, 2**63 - 1)  # the Synthesizer's noise seed
+    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    return synth.enhancement_patterns(components, n, spacing_xyz, rng)
+
+
+def rendering_table(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Enhancement-conditioned bundles: per phase, the mean change the Synthesizer was asked to paint inside
+    each tumor vs the one it painted (image - normal), their correlation over tumors and the least-squares
+    slope painted = slope x requested (1 = rendered at full strength)."""
+    if not pairs:
+        return
+    req, got = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    print(f"\nrequested vs painted enhancement pattern (mean change inside the tumor, HU), {len(req)} synthetic tumors")
+    print(f"{'':22s}" + "".join(f"{p:>16s}" for p in PHASES))
+    print(f"{'requested mean ± std':22s}" + "".join(f"{fmt(req[:, c]):>16s}" for c in range(len(PHASES))))
+    print(f"{'painted mean ± std':22s}" + "".join(f"{fmt(got[:, c]):>16s}" for c in range(len(PHASES))))
+    r = [np.corrcoef(req[:, c], got[:, c])[0, 1] for c in range(len(PHASES))]
+    slope = [float(req[:, c] @ got[:, c] / (req[:, c] @ req[:, c])) for c in range(len(PHASES))]
+    print(f"{'correlation r':22s}" + "".join(f"{v:16.2f}" for v in r))
+    print(f"{'slope painted/requested':22s}" + "".join(f"{v:16.2f}" for v in slope))
+
+
 def load_arrays(dataset: Path, name: str):
     target, normal, label, liver = load_case(dataset, name)
     t = np.stack([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in PHASES])
@@ -319,7 +351,7 @@ def main(argv=None) -> int:
     eval_names = sorted(p.name[:-7] for p in (eval_ds / "labelsTr").glob("*.nii.gz"))
     real_groups = {"real hypervascular": [], "real hypovascular": []}
     syn_stats, speed = [], {"tiny": [], "default": []}
-    rows_real, rows_syn = [], []
+    rows_real, rows_syn, rendering = [], [], []
     for name in [*names, *eval_names]:  # real tumors of all cases
         ds = train_ds if name in names else eval_ds
         target, normal, label, liver, label_img = load_arrays(ds, name)
@@ -335,10 +367,18 @@ def main(argv=None) -> int:
             for j in range(args.samples if preset == "default" else 1):
                 rng = np.random.default_rng([args.seed, eval_names.index(name), j])
                 t = time.time()
-                image, syn_label = s(normal, spacing, liver, rng)
+                mask = s.random_mask(liver, spacing, rng)
+                after_mask = copy.deepcopy(rng)
+                image, syn_label = s(normal, spacing, liver, rng, mask=mask)
                 speed[preset].append(time.time() - t)
                 if preset == "default":
                     syn_stats += tumor_stats(image, normal, syn_label == 2, liver, spacing)
+                    requested = requested_patterns(s, mask, spacing, after_mask)
+                    if requested is not None:
+                        components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+                        painted = measure_patterns(image - normal, mask.astype(np.float32), components, n)
+                        rendering += list(zip(requested, painted))
+
                     if j == 0:
                         rows_syn.append((f"synthetic {name}", image, syn_label, spacing[::-1]))
     syn_groups = {"synthetic (all)": syn_stats,
@@ -356,6 +396,7 @@ def main(argv=None) -> int:
     print(f"\nAP-vs-PVP rule on real tumors: {correct}/{len(real_all)} classified as their phantom type")
     spread_table(real_all, syn_stats)
     type_table(real_groups["real hypervascular"], real_groups["real hypovascular"], syn_stats)
+    rendering_table(rendering)
     ceiling = autoencoder_ceiling(synth["default"], eval_ds, eval_names)
     print("\nautoencoder ceiling: mean tumor change (target - normal) on the ROI grid, real vs after encode/decode "
           "(HU), held-out tumors; the synthesizer cannot paint what the autoencoder cannot decode")
