@@ -135,7 +135,7 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
     run.run("nnU-Net planning (CPU preset)" if not big else "nnU-Net planning", "plan_cpu", "-d", dataset,
             "-np", str(s.num_processes))
     # CPU demo: the tiny inpainter (seconds) and a third of the default synthesizer's steps, to fit the demo's
-    # 30 minutes; the default presets take ~4 and ~15 minutes of one core (docs/decisions.md)
+    # 30 minutes; the default presets take ~4 and ~37 minutes of one core (docs/decisions.md)
     inpainter = ["--preset", "gpu"] if big else ["--preset", "tiny", "--epochs", "6"]
     run.run("inpainter training", "train_inpainter", "-d", dataset, *inpainter)
     run.run("normal CTs", "inpaint", "-d", dataset)

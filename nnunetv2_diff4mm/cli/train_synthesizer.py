@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset id or name, e.g. 501 or Dataset501_Liver (under $nnUNet_raw)")
     parser.add_argument("-o", "--output", required=True, metavar="BUNDLE_DIR", help="bundle folder to write")
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
-                        help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~15 min "
+                        help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~37 min "
                              "on one core), gpu (64^3 at 1.5 mm) (default: default)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: auto")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
