@@ -3,7 +3,8 @@
     BUNDLE/
       diff4mm_bundle.json     format_version, phases, spatial_dims, roi_size_vox, working_spacing_mm,
                               intensity_window_hu, blend_margin_mm, ddim_steps, mask_distribution,
-                              enhancement_bank (training tumors' patterns, when the UNet takes them), sha256 of every file below, package versions, training record
+                              enhancement_bank (training tumors' patterns, when the UNet takes them),
+                              sha256 of every file below, package versions, training record
       autoencoder/            ROIAutoencoderKL.save_pretrained (config.json + safetensors)
       unet/                   MaskConditionedUNet (EMA weights) .save_pretrained
       scheduler/              DDIMScheduler.save_pretrained (scheduler_config.json)
@@ -28,7 +29,8 @@ from .roi import ROISpec
 from .enhancement import EnhancementBank
 from .tumor_masks import TumorMaskDistribution
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional enhancement_bank (a UNet conditioned on enhancement patterns)
+READABLE_VERSIONS = (1, 2)  # a version-1 bundle is a mask-only one and loads as before
 BUNDLE_JSON = "diff4mm_bundle.json"
 COMPONENTS = ("autoencoder", "unet", "scheduler")
 _VERSIONED_PACKAGES = ("nnunetv2-diff4mm", "torch", "diffusers", "monai", "numpy", "safetensors")
@@ -138,8 +140,9 @@ def read_bundle_config(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{json_path}: not valid JSON ({err})") from None
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{json_path}: format_version {version!r}, this package reads {FORMAT_VERSION}; "
+    if version not in READABLE_VERSIONS:
+        raise BundleError(f"{json_path}: format_version {version!r}, this package reads "
+                          f"{' and '.join(map(str, READABLE_VERSIONS))}; "
                           "retrain the bundle with this version")
     missing = [k for k in ("phases", "roi_size_vox", "working_spacing_mm", "intensity_window_hu",
                            "blend_margin_mm", "ddim_steps", "mask_distribution", "files") if k not in config]

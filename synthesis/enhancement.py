@@ -24,32 +24,43 @@ ENHANCEMENT_UNIT_HU = 50.0  # condition channels = change / 50 HU, so typical pa
 _CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
-def tumor_components(tumor_fraction: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label the connected tumor components of a (Z, Y, X) fraction map (any voxel above 0 belongs to one)."""
-    return ndimage.label(np.asarray(tumor_fraction) > 0, structure=_CONNECTIVITY)
+def label_tumors(tumor_mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label the tumors of a binary (Z, Y, X) mask on the case's own grid (26-connected components), the one
+    definition of "a tumor" that training, sampling and the benchmark share."""
+    return ndimage.label(np.asarray(tumor_mask, bool), structure=_CONNECTIVITY)
 
 
-def measure_patterns(change_hu: np.ndarray, tumor_fraction: np.ndarray, components: np.ndarray, n: int,
-                     ) -> np.ndarray:
-    """(n, C) mean change in HU of each component's core (fraction >= 0.5, else its voxels of largest
-    fraction) per phase; `change_hu` is (C, Z, Y, X) tumor minus normal in HU."""
-    out = np.zeros((n, change_hu.shape[0]), np.float32)
+def measure_patterns(changes_hu, components: np.ndarray, n: int) -> np.ndarray:
+    """(n, C) mean change in HU inside each labelled tumor, per phase; `changes_hu` yields one (Z, Y, X)
+    tumor-minus-normal array per phase (a (C, Z, Y, X) array or a generator, so a caller need not hold all
+    phases' differences at once)."""
+    index = np.arange(1, n + 1)
+    return np.stack([np.asarray(ndimage.mean(c, components, index), np.float32) for c in changes_hu], axis=1)
+
+
+def resampled_condition(components: np.ndarray, patterns_hu: np.ndarray, start, step, shape) -> np.ndarray:
+    """The UNet's tumor condition (1 + C, *shape) on the grid index = start + i * step of the case grid: each
+    labelled tumor is resampled alone (roi.resample_grid) and adds its fraction to channel 0 and fraction x
+    its pattern / ENHANCEMENT_UNIT_HU to the others. Resampling is linear, so channel 0 equals resampling the
+    whole mask, and close tumors that the resampled fraction would join keep their own patterns. Written by
+    hand: no library rasterises per-lesion attributes."""
+    from .roi import resample_grid
+
+    patterns = np.asarray(patterns_hu, np.float32) / ENHANCEMENT_UNIT_HU  # (n tumors, C), n may be 0
+    start, step = np.asarray(start, float), np.asarray(step, float)
+    pad = np.ceil(2 * step).astype(int) + 2  # covers resample_grid's anti-aliasing reach
+    out = np.zeros((1 + patterns.shape[1], *shape), np.float32)
     for k, obj in enumerate(ndimage.find_objects(components), start=1):
         if obj is None:
             continue
-        frac = np.where(components[obj] == k, tumor_fraction[obj], 0.0)
-        core = frac >= min(0.5, float(frac.max()))
-        out[k - 1] = change_hu[(slice(None), *obj)][:, core].mean(axis=1)
+        lo = np.maximum(np.array([s.start for s in obj]) - pad, 0)
+        hi = np.minimum(np.array([s.stop for s in obj]) + pad, components.shape)
+        alone = (components[tuple(slice(a, b) for a, b in zip(lo, hi))] == k).astype(np.float32)
+        fraction = resample_grid(alone, start - lo, step, shape, cval=0.0)
+        if fraction.any():
+            out[0] += fraction
+            out[1:] += fraction[None] * patterns[k - 1][:, None, None, None]
     return out
-
-
-def condition_map(tumor_fraction: np.ndarray, components: np.ndarray, patterns_hu: np.ndarray) -> np.ndarray:
-    """(1 + C, Z, Y, X) float32: the tumor fraction, then fraction x the pattern of its component / unit."""
-    patterns = np.asarray(patterns_hu, np.float32).reshape(-1, np.shape(patterns_hu)[-1]) / ENHANCEMENT_UNIT_HU
-    lookup = np.concatenate([np.zeros((1, patterns.shape[1]), np.float32), patterns])  # component 0 = none
-    per_voxel = np.moveaxis(lookup[components], -1, 0)
-    frac = np.asarray(tumor_fraction, np.float32)
-    return np.concatenate([frac[None], per_voxel * frac[None]]).astype(np.float32)
 
 
 @dataclass
@@ -62,12 +73,17 @@ class EnhancementBank:
     def __post_init__(self):
         if not self.patterns_hu or len(self.patterns_hu) != len(self.diameters_mm):
             raise ValueError("an enhancement bank needs one pattern per diameter, and at least one tumor")
+        if len({len(p) for p in self.patterns_hu}) != 1:
+            raise ValueError("every pattern of an enhancement bank needs one value per phase")
+        if not (np.isfinite(np.asarray(self.patterns_hu, float)).all()
+                and (np.asarray(self.diameters_mm, float) > 0).all()):
+            raise ValueError("an enhancement bank needs finite patterns and positive diameters")
 
     @property
     def channels(self) -> int:
         return len(self.patterns_hu[0])
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict:  # rounded to 0.01 HU / 0.01 mm, far below what the patterns vary by
         return {"patterns_hu": [[round(float(v), 2) for v in p] for p in self.patterns_hu],
                 "diameters_mm": [round(float(d), 2) for d in self.diameters_mm]}
 
@@ -86,23 +102,10 @@ class EnhancementBank:
         return np.asarray(self.patterns_hu[int(rng.choice(nearest))], np.float32)
 
 
-def roi_condition(components: np.ndarray, patterns_hu: np.ndarray, spacing_xyz, centre_zyx, spec) -> np.ndarray:
-    """The (1 + C, n, n, n) condition of the ROI `spec` around `centre_zyx` of a case whose tumors are the
-    labelled `components` (Z, Y, X) with patterns `patterns_hu` (n components, C): each component touching the
-    ROI is resampled alone (resampling is linear, so the channel sums equal resampling the whole maps), which
-    avoids building (1 + C) full-size maps or resampling a label image."""
-    from .roi import extract_roi, roi_start_step
 
-    patterns = np.asarray(patterns_hu, np.float32) / ENHANCEMENT_UNIT_HU
+def roi_condition(components: np.ndarray, patterns_hu: np.ndarray, spacing_xyz, centre_zyx, spec) -> np.ndarray:
+    """resampled_condition on the ROI `spec` around `centre_zyx` (the grid roi.extract_roi samples)."""
+    from .roi import roi_start_step
+
     start, step = roi_start_step(centre_zyx, spacing_xyz, spec)
-    end = start + (spec.size_vox - 1) * step
-    pad = np.ceil(2 * step).astype(int) + 2  # covers resample_grid's anti-aliasing reach
-    lo = np.clip(np.floor(start).astype(int) - pad, 0, components.shape)
-    hi = np.clip(np.ceil(end).astype(int) + pad + 1, 0, components.shape)
-    labels = components[tuple(slice(a, b) for a, b in zip(lo, hi))]
-    out = np.zeros((1 + patterns.shape[1],) + (spec.size_vox,) * 3, np.float32)
-    for k in np.unique(labels[labels > 0]):
-        fraction = extract_roi((labels == k).astype(np.float32), spacing_xyz, np.asarray(centre_zyx) - lo, spec)
-        out[0] += fraction
-        out[1:] += fraction[None] * patterns[k - 1][:, None, None, None]
-    return out
+    return resampled_condition(components, patterns_hu, start, step, (spec.size_vox,) * 3)

@@ -1,18 +1,19 @@
 """Tumor synthesis: the diffusers-style ROI pipeline and the array-level `Synthesizer` API.
 
-`TumorSynthesisPipeline` (components: autoencoder, unet, scheduler) turns normal ROIs + tumor masks (both in
-[-1, 1] / [0, 1], on the working grid) into ROIs with tumors: encode the normal ROI, run DDIM in the latent
-space conditioned on (normal latent, mask), decode.
+`TumorSynthesisPipeline` (components: autoencoder, unet, scheduler) turns normal ROIs + tumor conditions (in
+[-1, 1] / the mask in [0, 1] [+ mask x enhancement pattern], on the working grid) into ROIs with tumors: encode the
+normal ROI, run DDIM in the latent space conditioned on (normal latent, condition), decode.
 
-`Synthesizer` works on whole cases in HU: it draws a random tumor mask inside the liver from the bundle's
-fitted distribution (unless one is given), gives each tumor component an enhancement pattern (drawn from the
-bundle's training tumors of similar size, unless given; bundles whose UNet takes one, synthesis/enhancement.py),
-synthesises one ROI per tumor component (one batched pipeline call) and adds what the tumor changes - decoded synthetic ROI minus decoded normal ROI - to the normal volume,
-weighted by 1 inside the mask and a distance feather (to 0 at `blend_margin_mm` outside it). Adding the
-change rather than pasting the decoded ROI keeps the scan's own noise and texture (the autoencoder returns a
-smoothed ROI, and a smooth patch would be a give-away for a segmenter) and cancels the autoencoder's
-reconstruction error of the background. Outside the margin the output is exactly the normal input. Deterministic for a
-fixed `np.random.Generator` state (the diffusion noise is drawn on the CPU from a seed taken from it).
+`Synthesizer` works on whole cases in HU: it draws a random tumor mask inside the liver from the bundle's fitted
+distribution (unless one is given), gives each tumor component an enhancement pattern (drawn from the bundle's
+training tumors of similar size, unless given; bundles whose UNet takes one, synthesis/enhancement.py), synthesises
+one ROI per tumor component (one batched pipeline call) and adds what the tumor changes - decoded synthetic ROI
+minus decoded normal ROI - to the normal volume, weighted by 1 inside the mask and a distance feather (to 0 at
+`blend_margin_mm` outside it). Adding the change rather than pasting the decoded ROI keeps the scan's own noise and
+texture (the autoencoder returns a smoothed ROI, and a smooth patch would be a give-away for a segmenter) and
+cancels the autoencoder's reconstruction error of the background. Outside the margin the output is exactly the
+normal input. Deterministic for a fixed `np.random.Generator` state (the diffusion noise is drawn on the CPU from a
+seed taken from it).
 """
 from __future__ import annotations
 
@@ -23,15 +24,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
 from .bundle import SynthesisBundle, load_bundle
-from .enhancement import roi_condition
+from .enhancement import label_tumors, roi_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight, normalize_hu,
                   roi_box, roi_to_case)
 from .tumor_masks import TumorMaskDistribution, equivalent_diameter_mm, random_tumor_mask
-
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
-
 
 class TumorSynthesisPipeline(DiffusionPipeline):
     def __init__(self, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler):
@@ -135,7 +133,7 @@ class Synthesizer:
         image = normal_hu.astype(np.float32, copy=True)
         label = liver_mask.astype(np.uint8)
         label[mask] = 2
-        components, n = ndimage.label(mask, structure=_CONNECTIVITY)
+        components, n = label_tumors(mask)
         seed = int(rng.integers(0, 2**63 - 1))
         patterns = self.enhancement_patterns(components, n, spacing_xyz, rng, enhancement_hu)
         if n == 0:
@@ -182,6 +180,8 @@ class Synthesizer:
             return None
         if given is not None:
             given = np.asarray(given, np.float32)
+            if given.ndim == 0 or not np.isfinite(given).all():
+                raise ValueError(f"enhancement_hu must be finite HU values, one per phase {self.phases}, got {given}")
             if given.ndim == 1:
                 given = np.broadcast_to(given, (n, given.shape[0]))
             if given.shape != (n, bank.channels):
@@ -194,8 +194,9 @@ class Synthesizer:
 
     def synthesize_rois(self, normal_rois: np.ndarray, mask_rois: np.ndarray, seed: int,
                         num_inference_steps: int | None = None, output_type: str = "image") -> np.ndarray:
-        """(B, C, n, n, n) normalised normal ROIs + (B, 1, n, n, n) masks -> (B, C, n, n, n) normalised
-        synthetic ROIs (or their difference to the decoded normal ROI, see TumorSynthesisPipeline)."""
+        """(B, C, n, n, n) normalised normal ROIs + (B, 1 [+ C], n, n, n) tumor conditions (mask [+ mask x
+        pattern], as the bundle's UNet takes) -> (B, C, n, n, n) normalised synthetic ROIs (or their
+        difference to the decoded normal ROI, see TumorSynthesisPipeline)."""
         generator = torch.Generator("cpu").manual_seed(seed)
         out = self.pipeline(torch.from_numpy(np.ascontiguousarray(normal_rois, np.float32)),
                             torch.from_numpy(np.ascontiguousarray(mask_rois, np.float32)), generator=generator,

@@ -1,10 +1,10 @@
 """Train the multi-phase tumor synthesizer (KL autoencoder, then latent diffusion UNet) and write a bundle.
 
-Training data per labelled case: ROIs around each real tumor component (random jitter and flips) plus a
-fraction of ROIs centred anywhere in the liver; target = the registered real phases (with tumors), condition =
-the normal (tumor-free) phases + the real tumor mask of that ROI (+ each tumor's enhancement pattern, its mean
-change per phase, with Preset.enhancement_condition; the patterns go into the bundle's bank). Everything is resampled once to the working
-spacing (only the liver's bounding box plus half an ROI), and crops are cut from there.
+Training data per labelled case: ROIs around each real tumor component (random jitter and flips) plus a fraction of
+ROIs centred anywhere in the liver; target = the registered real phases (with tumors), condition = the normal
+(tumor-free) phases + the real tumor mask of that ROI (+ each tumor's enhancement pattern, its mean change per
+phase, with Preset.enhancement_condition; the patterns go into the bundle's bank). Everything is resampled once to
+the working spacing (only the liver's bounding box plus half an ROI), and crops are cut from there.
 
 1. Autoencoder: L1 (tumor voxels weighted 1 + ae_tumor_weight) + kl_weight * KL on random patches (mostly
    target, some normal images) smaller than the ROI (the network is fully convolutional; 16^3 patches cost
@@ -41,7 +41,7 @@ from .bundle import BUNDLE_JSON, resolve_device, save_bundle
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
-from .enhancement import EnhancementBank, condition_map, measure_patterns, tumor_components
+from .enhancement import EnhancementBank, label_tumors, measure_patterns, resampled_condition
 from .tumor_masks import equivalent_diameter_mm, fit_mask_distribution
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
@@ -181,21 +181,23 @@ def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, p
     def grid(arrays, cval):
         return resample_grid(np.stack(arrays), start, step, shape, cval=cval)
 
-    tgt_hu = grid([sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in phases], -1024.0)
-    nrm_hu = grid([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases], -1024.0)
+    tgt = [sitk.GetArrayFromImage(target[p]).astype(np.float32) for p in phases]
+    nrm = [sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases]
+    # each tumor's pattern and size on the case's own grid, as the Synthesizer labels and sizes a random mask
+    tumors, n_tumors = label_tumors(lab == 2)
+    patterns = measure_patterns((t - n for t, n in zip(tgt, nrm)), tumors, n_tumors)
+    diameters = equivalent_diameter_mm(np.bincount(tumors.ravel(), minlength=n_tumors + 1)[1:]
+                                       * float(np.prod(spacing)))
+    window = preset.intensity_window_hu
+    tgt, nrm = normalize_hu(grid(tgt, -1024.0), window), normalize_hu(grid(nrm, -1024.0), window)
     masks = grid([(lab == 2).astype(np.float32), (lab > 0).astype(np.float32)], 0.0)
     tumor, liver_w = masks[0].astype(np.float32), masks[1] > 0.5
     comps, n = ndimage.label(tumor > 0.5, structure=np.ones((3, 3, 3)))
     centres = [np.rint((np.array([s.start for s in o]) + np.array([s.stop - 1 for s in o])) / 2).astype(int)
                for o in ndimage.find_objects(comps)] if n else []
-    parts, n_parts = tumor_components(tumor)
-    patterns = measure_patterns(tgt_hu - nrm_hu, tumor, parts, n_parts)
-    voxel_mm3 = preset.working_spacing_mm ** 3
-    diameters = np.array([equivalent_diameter_mm(tumor[parts == k].sum() * voxel_mm3) for k in range(1, n_parts + 1)])
-    condition = condition_map(tumor, parts, patterns) if preset.enhancement_condition else tumor[None]
-    window = preset.intensity_window_hu
-    return _Case(name, normalize_hu(tgt_hu, window), normalize_hu(nrm_hu, window), tumor, condition,
-                 np.argwhere(liver_w), centres, patterns, diameters)
+    condition = (resampled_condition(tumors, patterns, start, step, shape) if preset.enhancement_condition
+                 else tumor[None])
+    return _Case(name, tgt, nrm, tumor, condition, np.argwhere(liver_w), centres, patterns, diameters)
 
 
 def _crop(array: np.ndarray, centre: np.ndarray, size: int, cval: float | None = None) -> np.ndarray:
@@ -344,7 +346,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     if preset.enhancement_condition:
         tumors = [(p, d) for c in prepared for p, d in zip(c.patterns_hu, c.diameters_mm)]
         if not tumors:
-            raise ValueError("no tumor in the training labels (value 2): nothing to learn enhancement patterns from")
+            raise ValueError(f"none of the {len(names)} training cases ({names[0]} .. {names[-1]}) has a tumor "
+                             "(label 2) to learn enhancement patterns from")
         enhancement_bank = EnhancementBank([p.tolist() for p, _ in tumors], [float(d) for _, d in tumors])
     del labels
     size, jitter = preset.roi_size_vox, max(1, preset.roi_size_vox // 8)
@@ -589,7 +592,7 @@ def _unet_validation(unet: MaskConditionedUNet, ddpm, x0, cond, mask, device, se
 def _latent_cache(ae: ROIAutoencoderKL, cases: list[_Case], rng: np.random.Generator, preset: Preset, size: int,
                   jitter: int, device) -> dict[str, torch.Tensor]:
     """Encode augmented ROI variants of every case: target/normal latents (posterior means, unscaled) and the
-    tumor mask average-pooled to the latent grid (all on the CPU)."""
+    tumor condition (mask [+ mask x pattern]) average-pooled to the latent grid (all on the CPU)."""
     ae.eval()
     samples = []
     for case in cases:

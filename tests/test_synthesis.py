@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,43 +87,49 @@ def case(raw):
 # ---- enhancement patterns (no model) --------------------------------------------------------------------------
 
 def test_enhancement_patterns_are_measured_per_tumor_rasterised_and_drawn_by_size():
-    from synthesis.enhancement import (ENHANCEMENT_UNIT_HU, EnhancementBank, condition_map, measure_patterns,
-                                       roi_condition, tumor_components)
+    from synthesis.enhancement import (ENHANCEMENT_UNIT_HU, EnhancementBank, label_tumors, measure_patterns,
+                                       resampled_condition, roi_condition)
 
-    shape, spacing = (30, 40, 40), (2.0, 2.0, 3.0)
+    # two tumors 2 voxels apart at 0.8 x 0.8 x 2.5 mm: on a 3 mm grid their resampled fractions touch
+    shape, spacing = (24, 60, 60), (0.8, 0.8, 2.5)
     zz, yy, xx = np.indices(shape)
-    big = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 36
-    small = (zz - 15) ** 2 + (yy - 30) ** 2 + (xx - 28) ** 2 <= 4
-    fraction = (big | small).astype(np.float32)
+    left = ((zz - 12) * 2.5) ** 2 + ((yy - 30) * 0.8) ** 2 + ((xx - 20) * 0.8) ** 2 <= 25
+    right = ((zz - 12) * 2.5) ** 2 + ((yy - 30) * 0.8) ** 2 + ((xx - 34) * 0.8) ** 2 <= 25
     hyper, hypo = np.array([-5, 30, -10, -12], np.float32), np.array([-8, -10, -35, -20], np.float32)
-    rng = np.random.default_rng(0)
-    change = rng.normal(0, 3, (4, *shape)).astype(np.float32)
-    change[:, big] += hyper[:, None]
-    change[:, small] += hypo[:, None]
-    components, n = tumor_components(fraction)
-    patterns = measure_patterns(change, fraction, components, n)
-    order = [components[12, 12, 12] - 1, components[15, 30, 28] - 1]
-    np.testing.assert_allclose(patterns[order], np.stack([hyper, hypo]), atol=1.5)
+    change = np.random.default_rng(0).normal(0, 3, (4, *shape)).astype(np.float32)
+    change[:, left] += hyper[:, None]
+    change[:, right] += hypo[:, None]
+    tumors, n = label_tumors(left | right)
+    assert n == 2
+    patterns = measure_patterns(iter(change), tumors, n)  # one phase at a time, as training passes them
+    order = [tumors[12, 30, 20] - 1, tumors[12, 30, 34] - 1]
+    np.testing.assert_allclose(patterns[order], np.stack([hyper, hypo]), atol=1.0)
 
-    cond = condition_map(fraction, components, patterns)
-    assert cond.shape == (5, *shape)
-    np.testing.assert_allclose(cond[1:, 12, 12, 12], patterns[order[0]] / ENHANCEMENT_UNIT_HU)
-    assert not cond[:, 0, 0, 0].any()
-    # one ROI: channel 0 is the resampled mask, the others the mask times each tumor's own pattern
     spec = ROISpec(16, 3.0)
-    roi = roi_condition(components, patterns, spacing, (12, 12, 12), spec)
-    np.testing.assert_allclose(roi[0], extract_roi(fraction, spacing, (12, 12, 12), spec), atol=1e-5)
-    only_big = extract_roi(big.astype(np.float32), spacing, (12, 12, 12), spec)
-    only_small = extract_roi(small.astype(np.float32), spacing, (12, 12, 12), spec)
-    expected = (only_big[None] * patterns[order[0]][:, None, None, None]
-                + only_small[None] * patterns[order[1]][:, None, None, None]) / ENHANCEMENT_UNIT_HU
+    roi = roi_condition(tumors, patterns, spacing, (12, 30, 27), spec)
+    assert roi.shape == (5, 16, 16, 16)
+    # channel 0 is the resampled mask; the others each tumor's own fraction x its own pattern
+    only = [extract_roi(m.astype(np.float32), spacing, (12, 30, 27), spec) for m in (left, right)]
+    np.testing.assert_allclose(roi[0], extract_roi((left | right).astype(np.float32), spacing, (12, 30, 27), spec),
+                               atol=1e-5)
+    expected = sum(f[None] * patterns[k][:, None, None, None] for f, k in zip(only, order)) / ENHANCEMENT_UNIT_HU
     np.testing.assert_allclose(roi[1:], expected, atol=1e-5)
+    assert ((only[0] > 0) & (only[1] > 0)).any()  # the fractions overlap, yet no voxel mixes the patterns wrongly
+    # a grid outside every tumor, or a case without tumors, carries no condition
+    assert not resampled_condition(tumors, patterns, (0, 0, 0), (1, 1, 1), (4, 4, 4)).any()
+    none = resampled_condition(np.zeros(shape, int), measure_patterns(change, np.zeros(shape, int), 0), (0, 0, 0),
+                               (1, 1, 1), (4, 4, 4))
+    assert none.shape == (5, 4, 4, 4) and not none.any()
 
     bank = EnhancementBank([[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 0, 40], [0, 0, 0, 50],
                             [0, 0, 0, 60]], [5.0, 6.0, 7.0, 30.0, 35.0, 40.0])
     draws = {float(bank.draw(6.5, np.random.default_rng(i))[3]) for i in range(40)}
     assert draws == {1.0, 2.0, 3.0}  # the 3 nearest in size, each drawn
     assert EnhancementBank.from_json(bank.to_json()) == bank
+    for patterns_hu, diameters in (([[1, 2, 3, 4], [1, 2, 3]], [5.0, 6.0]), ([[1, 2, 3, np.nan]], [5.0]),
+                                   ([[1, 2, 3, 4]], [0.0]), ([], [])):
+        with pytest.raises(ValueError, match="enhancement bank"):
+            EnhancementBank(patterns_hu, diameters)
 
 
 # ---- ROI geometry (no model) ----------------------------------------------------------------------------------
@@ -225,12 +232,17 @@ def test_corrupted_or_incomplete_bundle_raises_one_clear_line(bundle, tmp_path):
     with pytest.raises(BundleError, match="format_version 0"):
         load_bundle(old)
 
-    config["format_version"] = 1
+    config["format_version"] = 2
+    bank = config["enhancement_bank"]
     config["enhancement_bank"] = None  # a UNet that takes enhancement patterns, without the patterns to draw
     (old / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(BundleError, match="takes enhancement patterns but the enhancement_bank is missing") as err:
         load_bundle(old)
     assert str(old / BUNDLE_JSON) in str(err.value)
+    config["enhancement_bank"] = {**bank, "patterns_hu": [p[:3] for p in bank["patterns_hu"]]}  # 3 phases
+    (old / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(BundleError, match="enhancement_bank has 3 phases, the UNet takes 4"):
+        load_bundle(old)
 
 
 def test_phase_mismatch_names_both_phase_lists(bundle):
@@ -270,7 +282,6 @@ def test_a_bundle_recorded_before_a_preset_field_existed_still_counts_as_finishe
 def test_sampler_reads_the_training_target_the_way_training_defines_it(prediction_type):
     """A model that returns exactly the training target for the x0 it should produce must lead the bundle's
     DDIM sampler from pure noise to that x0: training and sampling agree on what the UNet predicts."""
-    from dataclasses import replace
 
     from synthesis.training import PRESETS, _training_target, make_noise_scheduler
 
@@ -329,15 +340,49 @@ def test_sampling_is_reproducible_for_a_seed_and_differs_between_seeds(bundle, c
     assert np.array_equal(label > 0, liver | (label == 2))
 
 
-def test_a_given_enhancement_pattern_steers_the_sample_and_a_wrong_shape_is_refused(bundle, case):
+def test_the_unet_gets_each_tumors_pattern_in_phase_order_and_it_steers_the_sample(bundle, case, monkeypatch):
+    from synthesis.enhancement import ENHANCEMENT_UNIT_HU
+
     normal_hu, spacing, liver = case
     synth = Synthesizer.from_bundle(bundle)
     mask = synth.random_mask(liver, spacing, np.random.default_rng(3))
-    run = [synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=e)[0]
-           for e in ([-5, 30, -10, -12], [-5, 30, -10, -12], [-8, -10, -35, -20])]
-    assert np.array_equal(run[0], run[1]) and not np.array_equal(run[0], run[2])
-    with pytest.raises(ValueError, match="enhancement_hu must be"):
-        synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=[1.0, 2.0])
+    pattern = np.array([-5.0, 30.0, -10.0, -12.0])
+    conditions, real_synthesize = [], synth.synthesize_rois
+
+    def record(normal_rois, mask_rois, *args, **kwargs):
+        conditions.append(mask_rois)
+        return real_synthesize(normal_rois, mask_rois, *args, **kwargs)
+
+    monkeypatch.setattr(synth, "synthesize_rois", record)
+    first = synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=pattern)[0]
+    cond = conditions[0]
+    assert cond.shape[1] == 5 and cond[:, 0].max() > 0.5
+    np.testing.assert_allclose(cond[:, 1:], cond[:, :1] * (pattern / ENHANCEMENT_UNIT_HU)[None, :, None, None, None],
+                               atol=1e-6)
+    again = synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=pattern)[0]
+    other = synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=-pattern)[0]
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    for wrong in ([1.0, 2.0], 3.0, [np.nan, 1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="enhancement_hu must be"):
+            synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=wrong)
+
+
+def test_a_mask_only_bundle_trains_loads_and_samples_without_patterns(raw, case, tmp_path):
+    import synthesis.training as training
+    from synthesis.dataset_io import load_training_cases
+
+    names, cases = load_training_cases(raw / "Dataset990_SynTest")
+    preset = replace(training.PRESETS["tiny"], enhancement_condition=False)
+    out = training.train_synthesizer(cases, tmp_path / "mask_only", preset=preset, epochs=1, device="cpu",
+                                     progress=False, case_names=names)
+    loaded = load_bundle(out)
+    assert loaded.enhancement_bank is None and loaded.unet.config.enhancement_channels == 0
+    normal_hu, spacing, liver = case
+    synth = Synthesizer(loaded)
+    image, label = synth(normal_hu, spacing, liver, np.random.default_rng(0))
+    assert (label == 2).any() and not np.array_equal(image, normal_hu)
+    with pytest.raises(ValueError, match="conditioned on the mask alone"):
+        synth(normal_hu, spacing, liver, np.random.default_rng(0), enhancement_hu=[0.0, 30.0, -10.0, -10.0])
 
 
 def test_output_is_the_normal_ct_outside_the_blend_region_and_label_is_the_mask(bundle, case):
