@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case  # noqa: E402
 from registration.image_io import write_image_atomic  # noqa: E402
 from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
-from synthesis.enhancement import measure_patterns  # noqa: E402
+from synthesis.enhancement import label_tumors, measure_patterns  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
 from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
@@ -237,7 +237,7 @@ def requested_patterns(synth: Synthesizer, mask: np.ndarray, spacing_xyz, rng: n
         return None
     rng = copy.deepcopy(rng)
     rng.integers(0, 2**63 - 1)  # the Synthesizer's noise seed
-    components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    components, n = label_tumors(mask)
     return synth.enhancement_patterns(components, n, spacing_xyz, rng)
 
 
@@ -375,8 +375,8 @@ def main(argv=None) -> int:
                     syn_stats += tumor_stats(image, normal, syn_label == 2, liver, spacing)
                     requested = requested_patterns(s, mask, spacing, after_mask)
                     if requested is not None:
-                        components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-                        painted = measure_patterns(image - normal, mask.astype(np.float32), components, n)
+                        components, n = label_tumors(mask)
+                        painted = measure_patterns(image - normal, components, n)
                         rendering += list(zip(requested, painted))
 
                     if j == 0:
