@@ -31,6 +31,7 @@ from .roi import (add_change, component_centre, component_extent_mm, extract_roi
                   roi_box, roi_to_case)
 from .tumor_masks import TumorMaskDistribution, equivalent_diameter_mm, random_tumor_mask
 
+
 class TumorSynthesisPipeline(DiffusionPipeline):
     def __init__(self, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler):
         super().__init__()

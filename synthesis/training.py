@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .bundle import BUNDLE_JSON, resolve_device, save_bundle
+from .enhancement import EnhancementBank, label_tumors, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
-from .enhancement import EnhancementBank, label_tumors, measure_patterns, resampled_condition
 from .tumor_masks import equivalent_diameter_mm, fit_mask_distribution
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
@@ -113,7 +113,7 @@ PRESETS: dict[str, Preset] = {
     # autoencoder decoded a held-out +29 HU arterial enhancement as +4.5 HU, at 6 mm as +30); v-prediction (with
     # epsilon 18 of 27 samples fell outside the real tumors' contrast range); diffusion loss x101 near the tumor
     # (unweighted, 62 % of the samples blended the two real enhancement patterns, weighted 43 %); each tumor's
-    # enhancement pattern as a condition (blends 38 %, hypervascular arterial contrast +25 HU, mask-only +11,
+    # enhancement pattern as a condition (blends 30 %, hypervascular arterial contrast +27 HU, mask-only +11,
     # real +32); 3000 + 6000 steps, ~37 min on one core (the CPU demo passes epochs=20 to stay in its budget).
     # docs/decisions.md, Stage 3
     "default": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32), ae_norm_groups=8,
@@ -185,7 +185,7 @@ def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, p
     nrm = [sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases]
     # each tumor's pattern and size on the case's own grid, as the Synthesizer labels and sizes a random mask
     tumors, n_tumors = label_tumors(lab == 2)
-    patterns = measure_patterns((t - n for t, n in zip(tgt, nrm)), tumors, n_tumors)
+    patterns = measure_patterns((t - u for t, u in zip(tgt, nrm)), tumors, n_tumors)
     diameters = equivalent_diameter_mm(np.bincount(tumors.ravel(), minlength=n_tumors + 1)[1:]
                                        * float(np.prod(spacing)))
     window = preset.intensity_window_hu
