@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO))
 from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case  # noqa: E402
 from registration.image_io import write_image_atomic  # noqa: E402
 from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
-from synthesis.enhancement import label_tumors, measure_patterns  # noqa: E402
+from synthesis.enhancement import measure_patterns  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
 from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
-from synthesis.tumor_masks import equivalent_diameter_mm  # noqa: E402
+from synthesis.tumor_masks import equivalent_diameter_mm, label_tumors  # noqa: E402
 
 VISIBLE_HU = 10.0
 
@@ -92,7 +92,7 @@ def tumor_stats(image: np.ndarray, normal: np.ndarray, mask: np.ndarray, liver: 
     """Per tumor component: mean HU and contrast to the liver ring (3-10 mm outside) per phase, and Dice of
     the smoothed, thresholded |image - normal| with the component per phase (None where not visible)."""
     spacing_zyx = np.asarray(spacing_xyz, float)[::-1]
-    comps, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    comps, n = label_tumors(mask)
     diff = image - normal
     smooth = np.stack([ndimage.gaussian_filter(d, 3.0 / spacing_zyx) for d in diff])
     out = []
@@ -172,7 +172,7 @@ def autoencoder_ceiling(synth: Synthesizer, dataset: Path, names: list[str]) -> 
         target, normal, label, _, label_img = load_arrays(dataset, name)
         spacing = label_img.GetSpacing()
         info = json.loads((dataset / "info" / f"{name}.json").read_text(encoding="utf-8"))
-        comps, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3)))
+        comps, n = label_tumors(label == 2)
         for k in range(1, n + 1):
             comp = comps == k
             centre = component_centre(comp)
@@ -230,14 +230,12 @@ def type_table(real_hyper: list[dict], real_hypo: list[dict], synthetic: list[di
               f"{np.median(score):5.2f}")
 
 
-def requested_patterns(synth: Synthesizer, mask: np.ndarray, spacing_xyz, rng: np.random.Generator):
-    """The enhancement patterns the Synthesizer will draw for `mask` with `rng` (as its next call would: the
-    noise seed first, then one pattern per component), without advancing `rng`; None without a bank."""
-    if synth.bundle.enhancement_bank is None:
-        return None
-    rng = copy.deepcopy(rng)
+def requested_patterns(synth: Synthesizer, components: np.ndarray, n: int, spacing_xyz,
+                       rng: np.random.Generator) -> np.ndarray:
+    """The enhancement patterns the Synthesizer drew for the n labelled tumors of its mask, replayed from `rng`
+    = a copy of the generator's state right after the mask draw (consumed): the noise seed first, then one
+    pattern per tumor, as Synthesizer.__call__ draws them."""
     rng.integers(0, 2**63 - 1)  # the Synthesizer's noise seed
-    components, n = label_tumors(mask)
     return synth.enhancement_patterns(components, n, spacing_xyz, rng)
 
 
@@ -373,12 +371,10 @@ def main(argv=None) -> int:
                 speed[preset].append(time.time() - t)
                 if preset == "default":
                     syn_stats += tumor_stats(image, normal, syn_label == 2, liver, spacing)
-                    requested = requested_patterns(s, mask, spacing, after_mask)
-                    if requested is not None:
+                    if s.bundle.enhancement_bank is not None:
                         components, n = label_tumors(mask)
-                        painted = measure_patterns(image - normal, components, n)
-                        rendering += list(zip(requested, painted))
-
+                        requested = requested_patterns(s, components, n, spacing, after_mask)
+                        rendering += list(zip(requested, measure_patterns(image - normal, components, n)))
                     if j == 0:
                         rows_syn.append((f"synthetic {name}", image, syn_label, spacing[::-1]))
     syn_groups = {"synthetic (all)": syn_stats,

@@ -1,11 +1,11 @@
 """Tumor enhancement patterns: measured on training tumors, drawn for new ones, rasterised as a UNet condition.
 
-A tumor's enhancement pattern is its mean change (tumor phase minus normal phase) inside the tumor, per phase,
-in HU: e.g. about -10/+30/-15/-15 HU (NC/AP/PVP/DELAY) for a hypervascular tumor, -10/-10/-35/-20 for a
-hypovascular one. Conditioned on the normal CT and the mask alone, the diffusion model has to choose the
-pattern itself; trained on a few dozen tumors it painted blends of the two (62 % of the phantom samples, vs 10 %
-of the real tumors, docs/decisions.md, Stage 3). Given the pattern as a condition, it only has to render it,
-and the patterns of synthetic tumors follow those of the training tumors by construction.
+A tumor (tumor_masks.label_tumors) has an enhancement pattern: its mean change (tumor phase minus normal phase)
+inside the tumor, per phase, in HU: e.g. about -10/+30/-15/-15 HU (NC/AP/PVP/DELAY) for a hypervascular tumor,
+-10/-10/-35/-20 for a hypovascular one. Conditioned on the normal CT and the mask alone, the diffusion model has
+to choose the pattern itself; trained on a few dozen tumors it painted blends of the two (62 % of the phantom
+samples, vs 10 % of the real tumors, docs/decisions.md, Stage 3). Given the pattern as a condition, it only has
+to render it, and the patterns of synthetic tumors follow those of the training tumors by construction.
 
 The `EnhancementBank` (stored in the bundle JSON) holds every training tumor's pattern and size; a new tumor
 draws the pattern of a training tumor of similar size (small tumors show less contrast: partial volume).
@@ -21,13 +21,6 @@ import numpy as np
 from scipy import ndimage
 
 ENHANCEMENT_UNIT_HU = 50.0  # condition channels = change / 50 HU, so typical patterns are O(1)
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
-
-
-def label_tumors(tumor_mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label the tumors of a binary (Z, Y, X) mask on the case's own grid (26-connected components), the one
-    definition of "a tumor" that training, sampling and the benchmark share."""
-    return ndimage.label(np.asarray(tumor_mask, bool), structure=_CONNECTIVITY)
 
 
 def measure_patterns(changes_hu, components: np.ndarray, n: int) -> np.ndarray:
@@ -100,7 +93,6 @@ class EnhancementBank:
         gap = np.abs(np.log(np.asarray(self.diameters_mm)) - np.log(max(float(diameter_mm), 1e-3)))
         nearest = np.argsort(gap, kind="stable")[: self.neighbours()]
         return np.asarray(self.patterns_hu[int(rng.choice(nearest))], np.float32)
-
 
 
 def roi_condition(components: np.ndarray, patterns_hu: np.ndarray, spacing_xyz, centre_zyx, spec) -> np.ndarray:

@@ -24,12 +24,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
 from .bundle import SynthesisBundle, load_bundle
-from .enhancement import label_tumors, roi_condition
+from .enhancement import roi_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight, normalize_hu,
                   roi_box, roi_to_case)
-from .tumor_masks import TumorMaskDistribution, equivalent_diameter_mm, random_tumor_mask
+from .tumor_masks import TumorMaskDistribution, label_tumors, random_tumor_mask, tumor_diameters_mm
 
 
 class TumorSynthesisPipeline(DiffusionPipeline):
@@ -189,8 +189,7 @@ class Synthesizer:
                 raise ValueError(f"enhancement_hu must be ({bank.channels},) or ({n}, {bank.channels}) (one row "
                                  f"per tumor component, phases {self.phases}), got shape {given.shape}")
             return given
-        voxels = np.bincount(components.ravel(), minlength=n + 1)[1:]
-        diameters = equivalent_diameter_mm(voxels * float(np.prod(spacing_xyz)))
+        diameters = tumor_diameters_mm(components, n, spacing_xyz)
         return np.stack([bank.draw(d, rng) for d in diameters]) if n else np.zeros((0, bank.channels), np.float32)
 
     def synthesize_rois(self, normal_rois: np.ndarray, mask_rois: np.ndarray, seed: int,

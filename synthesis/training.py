@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .bundle import BUNDLE_JSON, resolve_device, save_bundle
-from .enhancement import EnhancementBank, label_tumors, measure_patterns, resampled_condition
+from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
-from .tumor_masks import equivalent_diameter_mm, fit_mask_distribution
+from .tumor_masks import fit_mask_distribution, label_tumors, tumor_diameters_mm
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -186,8 +186,7 @@ def _prepare_case(name, target: dict, normal: dict, label: sitk.Image, phases, p
     # each tumor's pattern and size on the case's own grid, as the Synthesizer labels and sizes a random mask
     tumors, n_tumors = label_tumors(lab == 2)
     patterns = measure_patterns((t - u for t, u in zip(tgt, nrm)), tumors, n_tumors)
-    diameters = equivalent_diameter_mm(np.bincount(tumors.ravel(), minlength=n_tumors + 1)[1:]
-                                       * float(np.prod(spacing)))
+    diameters = tumor_diameters_mm(tumors, n_tumors, spacing)
     window = preset.intensity_window_hu
     tgt, nrm = normalize_hu(grid(tgt, -1024.0), window), normalize_hu(grid(nrm, -1024.0), window)
     masks = grid([(lab == 2).astype(np.float32), (lab > 0).astype(np.float32)], 0.0)

@@ -125,6 +125,17 @@ def equivalent_diameter_mm(volume_mm3):
     return (6.0 * np.asarray(volume_mm3, float) / np.pi) ** (1.0 / 3.0)
 
 
+def label_tumors(tumor_mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label the tumors of a binary (Z, Y, X) mask on the case's own grid (26-connected components), the one
+    definition of "a tumor" that the mask fit, training, sampling and the benchmark share."""
+    return ndimage.label(np.asarray(tumor_mask, bool), structure=np.ones((3, 3, 3), bool))
+
+
+def tumor_diameters_mm(components: np.ndarray, n: int, spacing_xyz) -> np.ndarray:
+    """(n,) equivalent diameter of each of the n labelled tumors, from its physical volume."""
+    return equivalent_diameter_mm(np.bincount(components.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing_xyz)))
+
+
 def fit_mask_distribution(labels: list[tuple[np.ndarray, tuple[float, float, float]]], tumor_value: int = 2
                           ) -> TumorMaskDistribution:
     """Fit count and size distributions to training labels [(label z-y-x, spacing x-y-z mm), ...].
@@ -134,10 +145,9 @@ def fit_mask_distribution(labels: list[tuple[np.ndarray, tuple[float, float, flo
     """
     counts, diameters = [], []
     for label, spacing in labels:
-        comps, n = ndimage.label(label == tumor_value, structure=np.ones((3, 3, 3)))
+        comps, n = label_tumors(label == tumor_value)
         counts.append(n)
-        if n:
-            diameters += list(equivalent_diameter_mm(np.bincount(comps.ravel())[1:] * float(np.prod(spacing))))
+        diameters += list(tumor_diameters_mm(comps, n, spacing))
     default = TumorMaskDistribution()
     if not diameters:
         return default

@@ -87,8 +87,9 @@ def case(raw):
 # ---- enhancement patterns (no model) --------------------------------------------------------------------------
 
 def test_enhancement_patterns_are_measured_per_tumor_rasterised_and_drawn_by_size():
-    from synthesis.enhancement import (ENHANCEMENT_UNIT_HU, EnhancementBank, label_tumors, measure_patterns,
-                                       resampled_condition, roi_condition)
+    from synthesis.enhancement import (ENHANCEMENT_UNIT_HU, EnhancementBank, measure_patterns, resampled_condition,
+                                       roi_condition)
+    from synthesis.tumor_masks import label_tumors
 
     # two tumors 2 voxels apart at 0.8 x 0.8 x 2.5 mm: on a 3 mm grid their resampled fractions touch
     shape, spacing = (24, 60, 60), (0.8, 0.8, 2.5)
