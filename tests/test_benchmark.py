@@ -14,6 +14,7 @@ from nnunetv2_diff4mm import benchmark as B
 from nnunetv2_diff4mm.cli.benchmark import main as cli_main
 from nnunetv2_diff4mm.evaluation import evaluate_folder
 from nnunetv2_diff4mm.evaluation import report as R
+from nnunetv2_diff4mm.splits import SplitError
 
 METHODS = {a.method: a.label for a in B.ARMS}
 PAIRS = [(B.ARM_BY_KEY[x].method, B.ARM_BY_KEY[y].method) for x, y in B.PAIRS]
@@ -185,7 +186,7 @@ def test_fraction_splits_are_nested_extra_folds(tmp_path):
     # a re-run finds the same entries and leaves the file alone
     again, _ = B.prepare_splits(source, cases, [0, 1], [0.25, 0.5, 1.0], mirror_to=derived)
     assert again == index and (source / "splits_final.json").read_text(encoding="utf-8") == stored
-    with pytest.raises(B.BenchmarkError, match="fold 7"):
+    with pytest.raises(SplitError, match="fold 7"):
         B.prepare_splits(source, cases, [7], [1.0])
 
 

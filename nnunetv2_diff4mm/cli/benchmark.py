@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EvaluationInputError
+from ..splits import SplitError
 from .arg_types import at_least_one
 
 
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_processes=args.num_processes, device=args.device, tta=False if args.disable_tta else None)
     try:
         summary = run_benchmark(settings)
-    except (BenchmarkError, EvaluationInputError, FileNotFoundError) as err:
+    except (BenchmarkError, SplitError, EvaluationInputError, FileNotFoundError) as err:
         print(f"diff4mm_benchmark: error: {err}", file=sys.stderr)
         return 1
     print(f"report: {summary}")
