@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 
 def at_least_one(text: str) -> int:
@@ -13,3 +15,43 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def finite_float(min: float | None = None, max: float | None = None, *,
+                 min_exclusive: bool = False) -> Callable[[str], float]:
+    """argparse type for a finite float within [min, max] (``min_exclusive``: (min, max]); None: unbounded.
+
+    ``float()`` accepts "nan", "inf" and "-inf", which no flag of this package means: NaN compares false with
+    everything, so range checks downstream pass it silently. Anything else is an argparse usage error (exit 2)
+    naming the flag, e.g. ``argument --dilation-mm: must be a finite number, not 'nan'``.
+    """
+    if min is not None and max is not None and min > max:
+        raise ValueError(f"finite_float: min {min} > max {max}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+        low_ok = min is None or (value > min if min_exclusive else value >= min)
+        if not low_ok or (max is not None and value > max):
+            raise argparse.ArgumentTypeError(f"must be {_range_text(min, max, min_exclusive)}, not {text!r}")
+        return value
+
+    parse.__name__ = "finite float"  # argparse names the type in its fallback message
+    parse.finite_float = (min, max, min_exclusive)  # the bounds, for tests and help texts
+    return parse
+
+
+def _range_text(low: float | None, high: float | None, low_exclusive: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_exclusive else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"{'>' if low_exclusive else '>='} {low:g}"
+    return f"<= {high:g}"
+
+
+positive_float = finite_float(0, min_exclusive=True)  # sizes in mm: > 0
+fraction = finite_float(0, 1, min_exclusive=True)  # (0, 1]

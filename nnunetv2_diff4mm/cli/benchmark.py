@@ -9,7 +9,7 @@ from pathlib import Path
 from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EvaluationInputError
 from ..splits import SplitError
-from .arg_types import at_least_one
+from .arg_types import at_least_one, fraction, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default=None, metavar="OUT",
                         help="report folder (default: ./diff4mm_benchmark_<ID>)")
     parser.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K", help="nnU-Net folds (default 0)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0], metavar="F",
+    parser.add_argument("--fractions", type=fraction, nargs="+", default=[0.25, 0.5, 1.0], metavar="F",
                         help="labelled fractions of each fold's training cases, in (0, 1] (default 0.25 0.5 1)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu: plans Diff4MMCPUPlans, trainers nnUNetTrainer_Diff4MMDemo / Diff4MMTrainer_Demo "
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"dataset ID of arm a's reference-phase dataset (default: ID + {DERIVED_ID_OFFSET})")
     parser.add_argument("--reference-phase", default=None, metavar="PHASE",
                         help="reference phase name (default: dataset.json's diff4mm.reference)")
-    parser.add_argument("--nsd-tolerance-mm", type=float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
+    parser.add_argument("--nsd-tolerance-mm", type=positive_float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface Dice tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
                         help="device for training and inference (default: cpu for --preset cpu, else auto)")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..demo import DemoSettings, run_demo
+from .arg_types import positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-cases", type=int, default=d.test_cases,
                         help=f"held-out phantom cases (default {d.test_cases})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"phantom seed (default {d.seed})")
-    parser.add_argument("--spacing", type=float, nargs=3, default=d.spacing, metavar=("X", "Y", "Z"),
+    parser.add_argument("--spacing", type=positive_float, nargs=3, default=d.spacing, metavar=("X", "Y", "Z"),
                         help="reference-phase voxel size of the phantom in mm (default 3 3 5: CPU-sized)")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default=d.preset,
                         help="cpu: CPU-sized models and nnU-Net plans, ~30 min on 2 cores (default); gpu: the "

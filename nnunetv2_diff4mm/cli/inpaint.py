@@ -11,6 +11,7 @@ from synthesis.normal_dataset import inpaint_dataset
 
 from .. import conventions
 from ..visualization import montage
+from .arg_types import finite_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: DATASET/diff4mm/inpainter if it exists")
     source.add_argument("--method", choices=CLASSICAL_METHODS,
                         help="classical fallback instead of a learned model (no training needed)")
-    parser.add_argument("--dilation-mm", type=float, default=DEFAULT_DILATION_MM,
+    parser.add_argument("--dilation-mm", type=finite_float(0, 100), default=DEFAULT_DILATION_MM,
                         help=f"tumor mask dilation in mm, covering residual misregistration of the other phases "
                              f"and diffuse tumor borders (default {DEFAULT_DILATION_MM:g})")
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),

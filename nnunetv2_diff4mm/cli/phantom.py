@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..phantom import PhantomConfig, PhantomFolderError, write_phantom_dataset
 from ..phantom.tissues import MAX_TUMORS
+from .arg_types import finite_float, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-cases", type=int, default=0, metavar="M",
                         help="held-out unlabelled cases test_000.. (labels only in ground_truth/) (default 0)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=defaults.spacing, metavar=("X", "Y", "Z"),
+    parser.add_argument("--spacing", type=positive_float, nargs=3, default=defaults.spacing, metavar=("X", "Y", "Z"),
                         help="voxel size of the reference (PVP) phase in mm; the other phases get their own, "
                              "slightly different voxel sizes (default 3 3 5; use 0.8 0.8 2.5 for a clinical-"
                              "resolution scan, ~20x slower)")
     parser.add_argument("--max-tumors", type=int, default=defaults.max_tumors,
                         help=f"most tumors per case, 0..{MAX_TUMORS} (default {defaults.max_tumors})")
-    parser.add_argument("--max-shift-mm", type=float, default=defaults.max_shift_mm,
+    parser.add_argument("--max-shift-mm", type=finite_float(0, 50), default=defaults.max_shift_mm,
                         help="largest cranio-caudal breathing shift of a phase (default 15)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
                         help="cases generated in parallel (default 1)")
