@@ -15,6 +15,7 @@ the case, the file and the problem, before anything is written. A case without a
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
+
+from .image_check import IncompleteImageError, check_complete
 
 DEFAULT_PHASES: tuple[str, ...] = ("NC", "AP", "PVP", "DELAY")
 DEFAULT_REFERENCE = "PVP"
@@ -37,6 +40,18 @@ MASK_VALUES = (0, 1)
 SPACING_RTOL = 1e-3
 ORIGIN_ATOL_MM = 1e-3
 DIRECTION_ATOL = 1e-3
+# Plausibility of a phase's extent (axis-aligned physical box, voxel edges included). No CT scanner reconstructs
+# more than ~800 mm across (its bore), and no scan is longer than a patient: beyond these the header's spacing is
+# wrong (e.g. a 10x spacing error), and registration would crash on it.
+MAX_IN_PLANE_MM = 1000.0
+MAX_LENGTH_MM = 2500.0
+# Phases of one examination share the in-plane field of view (their lengths may differ, e.g. a liver-only
+# arterial phase); an in-plane extent this many times larger or smaller than the reference's is a header error.
+MAX_IN_PLANE_RATIO = 2.5
+# A case without a label (and without a reference liver mask) is registered inside a body mask of the reference
+# phase: voxels above RegistrationSettings.body_threshold_hu. Below this fraction of voxels there is no body.
+BODY_THRESHOLD_HU = -500.0
+MIN_BODY_FRACTION = 0.01
 
 
 class InputError(ValueError):
@@ -192,38 +207,81 @@ def _dicom_files(folder: Path, name: str) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
-def read_image(path: str | Path, *, name: str | None = None) -> sitk.Image:
-    """Read an image file or a DICOM series folder.
+# Files proven whole in this process: path -> what identifies the content of every file checked for it (the
+# path itself and a detached data file), so a file rewritten or cut since is checked again. Proving a .nii.gz
+# whole decompresses it: with this, validation's header and voxel reads (and registration after it) do that once.
+_PROVEN_WHOLE: dict[str, tuple] = {}
 
-    ``name`` is how the file is called in error messages (default: its last two path parts, e.g.
-    ``case_001/AP.nii.gz``). ITK's RuntimeErrors become one-line InputErrors.
+
+def _identity(files) -> tuple | None:
+    try:
+        stats = [(str(f), os.stat(f)) for f in files]
+    except OSError:
+        return None
+    return tuple((f, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f, st in stats)
+
+
+def _prove_whole(path: Path, name: str) -> None:
+    """InputError unless the image file at ``path`` is complete (see registration.image_check)."""
+    key = str(path.resolve())
+    known = _PROVEN_WHOLE.get(key)
+    if known is not None and _identity(f for f, *_ in known) == known:
+        return
+    try:
+        files = check_complete(path)
+    except IncompleteImageError as err:
+        raise InputError(f"{name}: {err}") from None
+    except OSError as err:
+        raise InputError(f"{name}: cannot be read: {err.strerror or err}; check the file's permissions") from None
+    identity = _identity(files)
+    if identity:
+        _PROVEN_WHOLE[key] = identity
+
+
+def _read(path: Path, name: str, header_only: bool) -> sitk.Image | sitk.ImageFileReader:
+    """The one reader of user input: every image, label and liver mask read in this package comes through here.
+
+    SimpleITK does the reading. ITK's readers do not notice a file that is cut short (they fill the missing voxels
+    with zeros), so this first proves the file whole (:func:`registration.image_check.check_complete`: gzip
+    stream to its end with a valid trailer, payload as long as the header says). ``header_only`` returns a
+    reader that has read the header (ReadImageInformation) instead of the image. DICOM folders are read as one
+    series. ITK's RuntimeErrors become one-line InputErrors.
     """
-    path = Path(path)
-    name = name if name is not None else _display(path, path.parent.parent)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(_dicom_files(path, name))
             return reader.Execute()
+        _prove_whole(path, name)
+        if header_only:
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(path))
+            info.ReadImageInformation()
+            return info
         return sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise InputError(f"{name}: cannot be read as an image: {_first_line(err)}") from err
 
 
+def read_image(path: str | Path, *, name: str | None = None) -> sitk.Image:
+    """Read an image file or a DICOM series folder, proven complete first (see :func:`_read`).
+
+    ``name`` is how the file is called in error messages (default: its last two path parts, e.g.
+    ``case_001/AP.nii.gz``). Problems become one-line InputErrors.
+    """
+    path = Path(path)
+    name = name if name is not None else _display(path, path.parent.parent)
+    return _read(path, name, header_only=False)
+
+
 def _read_header(path: Path, name: str) -> _Header:
-    """Check that ``path`` is a readable 3D scalar image and return its geometry (header-only where possible)."""
-    try:
-        if path.is_dir():
-            image = read_image(path, name=name)  # DICOM: geometry needs all slices
-            dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
-            info = image
-        else:
-            info = sitk.ImageFileReader()
-            info.SetFileName(str(path))
-            info.ReadImageInformation()
-            dim, comps = info.GetDimension(), info.GetNumberOfComponents()
-    except RuntimeError as err:
-        raise InputError(f"{name}: cannot be read as an image: {_first_line(err)}") from err
+    """Check that ``path`` is a readable, complete 3D scalar image and return its geometry (header-only where
+    possible; DICOM geometry needs all slices)."""
+    info = _read(path, name, header_only=True)
+    if isinstance(info, sitk.Image):
+        dim, comps = info.GetDimension(), info.GetNumberOfComponentsPerPixel()
+    else:
+        dim, comps = info.GetDimension(), info.GetNumberOfComponents()
     size = tuple(int(s) for s in info.GetSize())
     if dim != 3:
         raise InputError(
@@ -319,13 +377,61 @@ def _check_values(array: np.ndarray, allowed: tuple[int, ...], name: str, what: 
     )
 
 
-def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_root: Path | None = None) -> None:
+def _extent(h: _Header) -> np.ndarray:
+    box = _bounds(h)
+    return box[1] - box[0]
+
+
+def _check_extents(case: CaseFiles, headers: dict[str, _Header], reference: str, names: dict[Path, str]) -> None:
+    """Every phase's physical extent is one a CT can have, and its in-plane extent is close to the reference's."""
+    for phase, p in case.phases.items():
+        ext = _extent(headers[phase])
+        if max(ext[0], ext[1]) > MAX_IN_PLANE_MM or ext[2] > MAX_LENGTH_MM:
+            raise InputError(
+                f"{names[p]}: phase {phase} spans {' x '.join(f'{e:.0f}' for e in ext)} mm, more than any CT "
+                f"(at most {MAX_IN_PLANE_MM:.0f} mm across, {MAX_LENGTH_MM:.0f} mm long); check the voxel spacing "
+                f"{_fmt(headers[phase].spacing)} mm in its header"
+            )
+    ref_path = case.phases[reference]
+    ref_ext = _extent(headers[reference])
+    for phase, p in case.phases.items():
+        if phase == reference:
+            continue
+        ratio = _extent(headers[phase])[:2] / np.maximum(ref_ext[:2], 1e-6)
+        worst = float(max(ratio.max(), (1.0 / np.maximum(ratio, 1e-12)).max()))
+        if worst > MAX_IN_PLANE_RATIO:
+            ext = _extent(headers[phase])
+            raise InputError(
+                f"{names[p]}: phase {phase} covers {ext[0]:.0f} x {ext[1]:.0f} mm in-plane, {worst:.1f}x "
+                f"{'larger' if ratio.max() > 1 else 'smaller'} than the reference phase {reference} "
+                f"({names[ref_path]}: {ref_ext[0]:.0f} x {ref_ext[1]:.0f} mm), but phases of one examination share "
+                f"the field of view; check the voxel spacing {_fmt(headers[phase].spacing)} mm in its header "
+                f"(reference {_fmt(headers[reference].spacing)} mm)"
+            )
+
+
+def _check_body(case: CaseFiles, array: np.ndarray, name: str, reference: str, threshold_hu: float) -> None:
+    """An unlabelled case is registered inside the body of its reference phase: there must be one."""
+    fraction = float(np.count_nonzero(array > threshold_hu)) / array.size
+    if fraction < MIN_BODY_FRACTION:
+        raise InputError(
+            f"{name}: {case.name} has no label, so it is registered inside the body of its reference phase "
+            f"{reference}, but only {100 * fraction:.2g} % of its voxels are above {threshold_hu:g} HU (no body); "
+            f"check that it is a CT in HU, or add {LABEL_STEM}.nii.gz or {reference}{LIVER_MASK_SUFFIX}.nii.gz"
+        )
+
+
+def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_root: Path | None = None, *,
+                  body_threshold_hu: float = BODY_THRESHOLD_HU) -> None:
     """Read every file of ``case`` and raise InputError on the first problem.
 
-    Checks, in this order: headers (readable, 3D, one component); each phase overlaps the reference phase;
-    label on the reference grid; liver masks on their phase's grid; then voxels: no NaN/inf, label values in
-    {0,1,2} with at least one liver voxel (1 or 2), liver masks binary. ``input_root`` is the folder that file
-    names in messages are relative to (default: the case folder's parent, i.e. INPUT).
+    Checks, in this order: headers (readable, complete, 3D, one component); each phase overlaps the reference
+    phase; each phase's extent is plausible (at most MAX_IN_PLANE_MM across and MAX_LENGTH_MM long, in-plane
+    within MAX_IN_PLANE_RATIO of the reference's); label on the reference grid; liver masks on their phase's
+    grid; then voxels: no NaN/inf, no constant phase, a body in the reference phase of an unlabelled case
+    (MIN_BODY_FRACTION of its voxels above ``body_threshold_hu``) unless it has a reference liver mask, label
+    values in {0,1,2} with at least one liver voxel (1 or 2), liver masks binary. ``input_root`` is the folder
+    that file names in messages are relative to (default: the case folder's parent, i.e. INPUT).
     """
     root = Path(input_root) if input_root is not None else case.directory.parent
     if reference not in case.phases:
@@ -346,6 +452,7 @@ def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_roo
                 f"({names[ref_path]}) at all: {phase} spans {_fmt_bounds(box)}, {reference} spans "
                 f"{_fmt_bounds(ref_box)}; check the origin and direction in the header"
             )
+    _check_extents(case, headers, reference, names)
     if case.label is not None:
         diffs = _grid_differences(_read_header(case.label, names[case.label]), headers[reference])
         if diffs:
@@ -363,8 +470,19 @@ def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_roo
             )
 
     # Voxel checks: one image in memory at a time.
-    for p in case.phases.values():
-        _check_finite(p, _voxels(p, names[p]), names[p])
+    body_fallback = case.label is None and reference not in case.liver_masks
+    for phase, p in case.phases.items():
+        array = _voxels(p, names[p])
+        _check_finite(p, array, names[p])
+        lo, hi = array.min(), array.max()
+        if lo == hi:
+            raise InputError(
+                f"{names[p]}: phase {phase} has the same value ({float(lo):g}) in every voxel, so it is not a CT "
+                f"scan that can be registered; re-export the phase from the original scan"
+            )
+        if phase == reference and body_fallback:
+            _check_body(case, array, names[p], reference, body_threshold_hu)
+        del array
     if case.label is not None:
         label = _voxels(case.label, names[case.label])
         _check_finite(case.label, label, names[case.label])
@@ -381,12 +499,12 @@ def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_roo
         _check_values(mask, MASK_VALUES, names[p], "liver mask", "a binary mask (0 background, 1 liver)")
 
 
-def _validate_worker(args: tuple[CaseFiles, str, Path, bool]) -> InputError | None:
+def _validate_worker(args: tuple[CaseFiles, str, Path, bool, float]) -> InputError | None:
     """Pool worker: validate one case and return its InputError instead of raising it (keeps case order)."""
-    case, reference, root, itk_warnings = args
+    case, reference, root, itk_warnings, body_threshold_hu = args
     sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)  # spawned workers do not inherit the parent's
     try:
-        validate_case(case, reference, root)
+        validate_case(case, reference, root, body_threshold_hu=body_threshold_hu)
     except InputError as err:
         return err
     return None
@@ -397,6 +515,8 @@ def validate_dataset(
     phases: Sequence[str] = DEFAULT_PHASES,
     reference: str = DEFAULT_REFERENCE,
     num_processes: int = 1,
+    *,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
 ) -> list[CaseFiles]:
     """Find and validate every case; return the cases or raise the first InputError in case order.
 
@@ -406,7 +526,7 @@ def validate_dataset(
     root = Path(input_dir)
     cases = find_cases(root, phases, reference)
     itk_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    jobs = [(case, reference, root, itk_warnings) for case in cases]
+    jobs = [(case, reference, root, itk_warnings, body_threshold_hu) for case in cases]
     progress = dict(total=len(cases), desc="validating", unit="case", disable=None, leave=False)
     if num_processes > 1 and len(cases) > 1:
         # spawn: forking a process that already runs ITK's thread pool can deadlock.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import SimpleITK as sitk
 
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError
-from registration.nnunet_raw import write_registered_dataset
+from registration.nnunet_raw import nnunet_roots_from_env, write_registered_dataset
 from registration.register import RegistrationSettings
 
 from .arg_types import at_least_one
@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "registration/. All cases are validated before anything is written; re-running skips "
                     "finished cases.")
     parser.add_argument("input_dir", metavar="INPUT_DIR", help="multi-phase input folder (see diff4mm_validate)")
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, metavar="ID", help="nnU-Net dataset ID, 1..999")
+    parser.add_argument("-d", "--dataset-id", type=int, required=True, metavar="ID",
+                        help="nnU-Net dataset ID, 1..999, not used by another dataset name in $nnUNet_raw, "
+                             "$nnUNet_preprocessed or $nnUNet_results")
     parser.add_argument("-n", "--name", required=True, help="dataset name (DatasetID_NAME)")
     parser.add_argument("--phases", nargs="+", default=list(DEFAULT_PHASES), metavar="PHASE",
                         help=f"phases = channel order _0000.. (default: {' '.join(DEFAULT_PHASES)})")
@@ -37,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "organs only)")
     parser.add_argument("--no-montages", action="store_true", help="skip the per-case QA PNGs")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset made from another input or with other settings")
+                        help="replace an existing dataset made from another input or with other settings: only "
+                             "this stage's outputs are replaced (imagesTr, labelsTr, the imagesTs files it wrote, "
+                             "dataset.json, diff4mm/registration/); every other file stays, and later stages' "
+                             "outputs (diff4mm/normal, diff4mm/inpainter, diff4mm/synthesizer) are kept with a "
+                             "warning, as they were made from the old registration")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
     return parser
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
                                           args.reference, args.num_processes, args.overwrite, settings,
-                                          montages=not args.no_montages)
+                                          montages=not args.no_montages, other_roots=nnunet_roots_from_env())
     except InputError as err:
         print(f"diff4mm_register: error: {err}", file=sys.stderr)
         return 1
