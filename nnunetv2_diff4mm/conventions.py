@@ -9,9 +9,13 @@ identifies datasets by the `DatasetXXX_` prefix of folders in nnUNet_raw, so a s
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/normal/imagesTr/<case>_000k.nii.gz   tumor-free phases (diff4mm_inpaint)
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/normal/labelsTr/<case>.nii.gz        their liver masks (1 = liver)
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/synthesizer/                         default synthesis bundle
+    $nnUNet_raw/DatasetXXX_NAME/diff4mm/{inpainter,normal,synthesizer}_foldF/ the same, trained only on the
+                                                                             training cases of nnU-Net fold F
     $nnUNet_preprocessed/DatasetXXX_NAME/diff4mm/<plans>_<configuration>/    normal CTs in preprocessed space, pool
 
 Environment overrides: DIFF4MM_BUNDLE (a bundle folder), DIFF4MM_NORMAL_DIR (a normal/ folder).
+Diff4MMTrainer on fold F uses the `_foldF` folders where they exist, else the shared ones, and refuses models that
+were trained on any of fold F's validation cases (DIFF4MM_ALLOW_LEAK=1 overrides; see training/leakage.py).
 """
 from __future__ import annotations
 
@@ -36,14 +40,28 @@ def registration_folder(raw_folder: Path) -> Path:
     return Path(raw_folder) / SUBFOLDER / "registration"
 
 
-def normal_folder(raw_folder: Path) -> Path:
+def _fold_suffix(fold) -> str:
+    return "" if fold is None else f"_fold{fold}"
+
+
+def inpainter_folder(raw_folder: Path, fold=None) -> Path:
+    return Path(raw_folder) / SUBFOLDER / f"inpainter{_fold_suffix(fold)}"
+
+
+def normal_folder(raw_folder: Path, fold=None) -> Path:
     env = os.environ.get(ENV_NORMAL)
-    return Path(env) if env else Path(raw_folder) / SUBFOLDER / "normal"
+    return Path(env) if env else Path(raw_folder) / SUBFOLDER / f"normal{_fold_suffix(fold)}"
 
 
-def bundle_folder(raw_folder: Path) -> Path:
+def bundle_folder(raw_folder: Path, fold=None) -> Path:
     env = os.environ.get(ENV_BUNDLE)
-    return Path(env) if env else Path(raw_folder) / SUBFOLDER / "synthesizer"
+    return Path(env) if env else Path(raw_folder) / SUBFOLDER / f"synthesizer{_fold_suffix(fold)}"
+
+
+def fold_or_shared(folder_fn, raw_folder: Path, fold) -> Path:
+    """`folder_fn(raw, fold)` if that folder exists, else the shared `folder_fn(raw)` (what the trainer uses)."""
+    own = folder_fn(raw_folder, fold)
+    return own if own.exists() else folder_fn(raw_folder)
 
 
 def preprocessed_cache_folder(preprocessed_dataset_folder: Path, plans_identifier: str, configuration: str) -> Path:

@@ -97,3 +97,71 @@ def prepare_splits(source_preprocessed: Path, cases: list[str], folds, fractions
         if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != splits:
             _write_json_atomic(target, splits)
     return index, splits
+
+
+def read_case_list(path: Path) -> list[str]:
+    """Case IDs from a text file, one per line (blank lines and lines starting with # are ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"{path}: no such case-list file (one case ID per line)")
+    cases = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    if not cases:
+        raise SplitError(f"{path}: lists no case IDs (one per line)")
+    return cases
+
+
+def fold_cases(preprocessed_dataset_folder: Path, fold: int | str, labelled: list[str]) -> tuple[list[str], list[str]]:
+    """(training, validation) cases of nnU-Net fold `fold`, as nnUNetTrainer.do_split gives them.
+
+    `fold` is an index into ``splits_final.json`` (0-4 are nnU-Net's folds, higher ones the labelled-fraction
+    subsets the benchmark appends) or "all" (every labelled case, no validation). A missing splits file is created
+    exactly as nnU-Net creates it at its first training (5-fold KFold, seed 12345, over `labelled`), so that models
+    trained before nnU-Net itself see the same split.
+    """
+    labelled = sorted(labelled)
+    if str(fold) == "all":
+        return labelled, []
+    try:
+        index = int(fold)
+    except ValueError:
+        raise SplitError(f"fold {fold!r}: give an index into splits_final.json (0-4 are nnU-Net's folds) "
+                         "or 'all'") from None
+    folder = Path(preprocessed_dataset_folder)
+    path = folder / SPLITS_FILE
+    if path.is_file():
+        try:
+            splits = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SplitError(f"{path}: not valid JSON ({err})") from None
+    else:
+        if not folder.is_dir():
+            raise SplitError(f"{folder}: no preprocessed dataset, so no {SPLITS_FILE}; run "
+                             "nnUNetv2_plan_and_preprocess (or diff4mm_plan_cpu) first")
+        splits = nnunet_default_splits(labelled)
+        _write_json_atomic(path, splits)
+    if not 0 <= index < len(splits):
+        raise SplitError(f"{path}: has {len(splits)} splits (0-{len(splits) - 1}), no fold {index}")
+    train, val = list(splits[index]["train"]), list(splits[index]["val"])
+    unknown = sorted(set(train) - set(labelled))
+    if unknown:
+        raise SplitError(f"{path}: fold {index} trains on {unknown[0]}, which has no label in labelsTr; the split "
+                         "belongs to another version of the dataset")
+    return sorted(train), sorted(val)
+
+
+def selected_training_cases(raw_folder: Path, labelled: list[str], fold: str | None = None,
+                            cases_file: Path | None = None) -> list[str] | None:
+    """The cases a model of the plugin is trained on: fold `fold`'s training cases (its splits_final.json in
+    $nnUNet_preprocessed, see `fold_cases`), the IDs in `cases_file`, or None (every labelled case)."""
+    if fold is not None and cases_file is not None:
+        raise SplitError("give at most one of --fold and --cases")
+    if cases_file is not None:
+        return sorted(set(read_case_list(cases_file)))
+    if fold is None:
+        return None
+    root = os.environ.get("nnUNet_preprocessed")
+    if not root:
+        raise SplitError("$nnUNet_preprocessed is not set; --fold reads its DatasetXXX/splits_final.json "
+                         "(export nnUNet_preprocessed=/path/to/nnUNet_preprocessed)")
+    return fold_cases(Path(root) / Path(raw_folder).name, fold, labelled)[0]

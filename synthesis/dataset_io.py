@@ -65,8 +65,9 @@ def _phase_files(folder: Path, case: str, n: int, ending: str) -> list[Path]:
     return [folder / f"{case}_{k:04d}{ending}" for k in range(n)]
 
 
-def load_case(dataset_dir, case: str, normal: bool = True):
-    """(target phases, normal phases or None, label, normal liver mask or None) of one case."""
+def load_case(dataset_dir, case: str, normal: bool = True, normal_dir=None):
+    """(target phases, normal phases or None, label, normal liver mask or None) of one case; the normal CT is read
+    from `normal_dir` (default DATASET/diff4mm/normal)."""
     dataset_dir = Path(dataset_dir)
     data = read_dataset_json(dataset_dir)
     phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
@@ -75,7 +76,7 @@ def load_case(dataset_dir, case: str, normal: bool = True):
     label = _read(dataset_dir / "labelsTr" / f"{case}{ending}", f"label of {case}")
     if not normal:
         return target, None, label, None
-    normal_dir = dataset_dir / NORMAL_SUBDIR
+    normal_dir = Path(normal_dir) if normal_dir is not None else dataset_dir / NORMAL_SUBDIR
     files = _phase_files(normal_dir / "imagesTr", case, len(phases), ending)
     liver_file = normal_dir / "labelsTr" / f"{case}{ending}"
     missing = [f for f in (*files, liver_file) if not f.is_file()]
@@ -94,8 +95,8 @@ class TrainingCases(Sequence):
     """[(target phases, normal phases, label), ...] of a dataset, read from disk when indexed (a clinical
     dataset does not fit in memory at full resolution)."""
 
-    def __init__(self, dataset_dir, names: list[str]):
-        self.dataset_dir, self.names = Path(dataset_dir), list(names)
+    def __init__(self, dataset_dir, names: list[str], normal_dir=None):
+        self.dataset_dir, self.names, self.normal_dir = Path(dataset_dir), list(names), normal_dir
 
     def __len__(self) -> int:
         return len(self.names)
@@ -103,27 +104,42 @@ class TrainingCases(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        target, normal, label, _ = load_case(self.dataset_dir, self.names[i])
+        target, normal, label, _ = load_case(self.dataset_dir, self.names[i], normal_dir=self.normal_dir)
         return target, normal, label
 
 
-def load_training_cases(dataset_dir) -> tuple[list[str], TrainingCases]:
-    """Names and the (lazily read) training cases of every labelled case. Every file is checked to exist
-    first, so a missing normal CT fails before anything is trained."""
+def select_cases(dataset_dir, cases: list[str] | None = None) -> list[str]:
+    """`cases` (sorted) after checking each is a labelled case of the dataset; every labelled case when None."""
+    labelled = labelled_cases(dataset_dir)
+    if cases is None:
+        return labelled
+    unknown = sorted(set(cases) - set(labelled))
+    if unknown:
+        raise DatasetError(f"{Path(dataset_dir) / 'labelsTr'}: no label for requested case {unknown[0]}"
+                           f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}")
+    return sorted(set(cases))
+
+
+def load_training_cases(dataset_dir, cases: list[str] | None = None, normal_dir=None
+                        ) -> tuple[list[str], TrainingCases]:
+    """Names and the (lazily read) training cases of the labelled cases `cases` (default: all), with normal CTs
+    from `normal_dir` (default DATASET/diff4mm/normal). Every file is checked to exist first, so a missing
+    normal CT fails before anything is trained."""
     dataset_dir = Path(dataset_dir)
     data = read_dataset_json(dataset_dir)
     phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
-    names = labelled_cases(dataset_dir)
+    names = select_cases(dataset_dir, cases)
+    normal = Path(normal_dir) if normal_dir is not None else dataset_dir / NORMAL_SUBDIR
     for name in names:
         files = [*_phase_files(dataset_dir / "imagesTr", name, len(phases), ending),
-                 *_phase_files(dataset_dir / NORMAL_SUBDIR / "imagesTr", name, len(phases), ending),
-                 dataset_dir / NORMAL_SUBDIR / "labelsTr" / f"{name}{ending}"]
+                 *_phase_files(normal / "imagesTr", name, len(phases), ending),
+                 normal / "labelsTr" / f"{name}{ending}"]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            hint = ("run diff4mm_inpaint on this dataset first" if NORMAL_SUBDIR.as_posix() in missing[0].as_posix()
-                    else "the dataset is incomplete")
+            hint = ("run diff4mm_inpaint on this dataset (and these cases) first"
+                    if str(normal) in str(missing[0]) else "the dataset is incomplete")
             raise DatasetError(f"{missing[0]}: missing ({name}); {hint}")
-    return names, TrainingCases(dataset_dir, names)
+    return names, TrainingCases(dataset_dir, names, normal)
 
 
 def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int = 0, progress: bool = True,

@@ -430,10 +430,13 @@ def _check_training_cases(cases) -> list[str]:
 def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoch: int | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,
                     preset: str | InpainterPreset = "default", resume: bool = True,
-                    progress: bool = True) -> FFCInpainter:
+                    progress: bool = True, case_names: list[str] | None = None) -> FFCInpainter:
     """Train an FFCInpainter on healthy liver and save it to ``out_dir/model``; returns it (eval mode).
 
     ``cases``: iterable of (phases: {name: sitk.Image} on one grid, label: sitk.Image 0/1/2 on that grid).
+    ``case_names``: their IDs, recorded in ``training.json`` (``inpainter_training_cases`` reads them) so that a
+    segmentation experiment can prove the inpainter never saw its validation or test cases; a training with
+    other cases is refused, not resumed.
     Every step samples ``batch_size`` patches around tumor-free liver (farther than ``tumor_margin_mm`` from
     any tumor), cuts random lobulated holes (grown by a random margin past the liver, like a dilated tumor
     mask) and trains the network to restore them (masked L1 + texture loss, Adam).
@@ -453,8 +456,11 @@ def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoc
     order = _check_training_cases(cases)
     out_dir = Path(out_dir)
     recipe = {k: v for k, v in asdict(preset).items() if k not in ("epochs", "steps_per_epoch")}
+    if case_names is not None and len(case_names) != len(cases):
+        raise InpaintingError(f"{len(case_names)} case names for {len(cases)} training cases")
     settings = {"format_version": FORMAT_VERSION, "phases": order, "seed": int(seed), "steps_per_epoch": steps,
-                "preset": json.loads(json.dumps(recipe))}  # epochs may grow: a finished training continues
+                "preset": json.loads(json.dumps(recipe)),  # epochs may grow: a finished training continues
+                "cases": sorted(case_names) if case_names is not None else None}
 
     state = _read_state(out_dir) if resume else None
     if state is not None and state["settings"] != settings:
@@ -538,6 +544,16 @@ def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoc
 
 
 # -------------------------------------------------------------------------------------------- inference
+
+
+def inpainter_training_cases(path) -> list[str] | None:
+    """The IDs of the cases an inpainter (a train_inpainter out_dir) was trained on; None when its training
+    record does not say (trained before the IDs were recorded, or by a caller that gave no names)."""
+    state = _read_state(Path(path))
+    if state is None and Path(path).name == MODEL_FOLDER:
+        state = _read_state(Path(path).parent)
+    cases = (state or {}).get("settings", {}).get("cases")
+    return list(cases) if cases is not None else None
 
 
 def load_inpainter(path, device: str | torch.device = "cpu") -> FFCInpainter:

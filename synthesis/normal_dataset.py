@@ -22,8 +22,8 @@ import SimpleITK as sitk
 
 from registration.image_io import write_image_atomic
 
-from .dataset_io import NORMAL_SUBDIR, DatasetError, labelled_cases, load_case, read_dataset_json
-from .inpainting import CLASSICAL_METHODS, _check_phases, inpaint_case, load_inpainter
+from .dataset_io import NORMAL_SUBDIR, DatasetError, load_case, read_dataset_json, select_cases
+from .inpainting import CLASSICAL_METHODS, _check_phases, inpaint_case, inpainter_training_cases, load_inpainter
 
 RECORD = "normal.json"
 
@@ -59,15 +59,32 @@ def tumor_removal_check(original: dict[str, sitk.Image], normal: dict[str, sitk.
     return out
 
 
+def normal_lineage(normal_dir) -> set[str] | None:
+    """Every case whose data went into the normal CTs of `normal_dir` besides each CT's own case: the training
+    cases of the inpainter that made them (empty for a classical fill). None when normal.json does not say
+    (made before it was recorded, or no normal.json)."""
+    path = Path(normal_dir) / RECORD
+    if not path.is_file():
+        return None
+    settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    if settings.get("method", "").startswith("classical:"):
+        return set()
+    cases = settings.get("inpainter_cases")
+    return set(cases) if cases is not None else None
+
+
 def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: str = "cpu", overwrite: bool = False,
-                    progress: bool = True, montage_fn: Callable | None = None) -> dict:
-    """Inpaint every labelled case of a registered dataset; returns the record written to normal.json."""
+                    progress: bool = True, montage_fn: Callable | None = None, cases: list[str] | None = None,
+                    out_dir=None) -> dict:
+    """Inpaint the labelled cases of a registered dataset (all, or `cases`) into `out_dir` (default
+    DATASET/diff4mm/normal); returns the record written to normal.json. The record names the training cases of
+    the inpainter (see `normal_lineage`)."""
     from tqdm import tqdm
 
     dataset_dir = Path(dataset_dir)
     data = read_dataset_json(dataset_dir)
     phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
-    cases = labelled_cases(dataset_dir)
+    cases = select_cases(dataset_dir, cases)
     for case in cases:  # every input exists before anything is written
         for f in [dataset_dir / "imagesTr" / f"{case}_{k:04d}{ending}" for k in range(len(phases))]:
             if not f.is_file():
@@ -77,8 +94,10 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     model = model_or_method if classical else load_inpainter(model_or_method, device)  # fails now, not later
     if not classical:
         _check_phases(model.config.in_phases, phases)
-    out = dataset_dir / NORMAL_SUBDIR
+    out = Path(out_dir) if out_dir is not None else dataset_dir / NORMAL_SUBDIR
     settings = {"method": _model_identity(model_or_method), "dilation_mm": float(dilation_mm), "phases": phases}
+    if not classical:
+        settings["inpainter_cases"] = inpainter_training_cases(model_or_method)
     record_path = out / RECORD
     record = {"settings": settings, "cases": {}}
     if record_path.is_file():

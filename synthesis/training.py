@@ -271,13 +271,20 @@ def _load_state(path: Path) -> dict:
 
 def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: str = "auto",
                       epochs: int | None = None, seed: int = 0, resume: bool = True, progress: bool = True,
-                      case_names: list[str] | None = None) -> Path:
+                      case_names: list[str] | None = None, lineage_cases: list[str] | None = None,
+                      source: dict | None = None) -> Path:
     """Train on `cases` = [(target_phases {phase: sitk.Image}, normal_phases {phase: sitk.Image},
     label sitk.Image 0/1/2), ...] (each case on one grid; any sequence, e.g. one that reads each case from disk
     when indexed, as synthesis.dataset_io.load_training_cases returns) and write the bundle to `out_dir`.
 
     `epochs` overrides both stages' epoch counts of the preset. Returns the bundle path. Re-running a finished
     training returns at once; an interrupted one resumes from its last epoch (unless resume=False).
+
+    What the bundle learnt from is recorded, so a segmentation experiment can prove it never saw a held-back
+    case: ``training.cases`` (`case_names`) and ``training.lineage_cases``, those cases plus `lineage_cases`,
+    every other case whose data went into the training data (the normal CTs' inpainter's training cases), or
+    None when that is not known. `source` (e.g. {"dataset": ..., "phases": [...]}) is recorded with the settings:
+    a folder holding a training on other cases, lineage or source is refused, never reported as this one.
     """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
@@ -297,7 +304,12 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     out_dir = Path(out_dir)
     work = out_dir / "training"
     ckpt = work / "checkpoint"
-    settings = {"preset": name, "preset_values": asdict(preset), "seed": seed, "cases": len(cases)}
+    names = list(case_names) if case_names is not None else [f"case_{i:03d}" for i in range(len(cases))]
+    if len(names) != len(cases):
+        raise ValueError(f"{len(names)} case names for {len(cases)} training cases")
+    lineage = sorted(set(names) | set(lineage_cases)) if lineage_cases is not None else None
+    settings = {"preset": name, "preset_values": asdict(preset), "seed": seed, "cases": names, "lineage": lineage,
+                "source": source or {}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
     stored = _stored_settings(work / "settings.json")
     if (out_dir / BUNDLE_JSON).exists():
@@ -328,7 +340,6 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     # ---- data ---------------------------------------------------------------------------------------------
     # one pass over `cases` (which may load each case lazily): keep only the working-spacing volumes and the
     # label inside the liver's bounding box (for the mask-distribution fit)
-    names = case_names or [f"case_{i:03d}" for i in range(len(cases))]
     t0 = time.time()
     prepared, labels, phases = [], [], None
     for n, (tgt, nrm, lab) in zip(names, cases):
@@ -496,7 +507,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
 
     # ---- bundle + previews ----------------------------------------------------------------------------------
     if main:
-        training = {"preset": name, "seed": seed, "cases": names, "validation_cases": [c.name for c in val_cases],
+        training = {"preset": name, "seed": seed, "cases": names, "lineage_cases": lineage, "source": source or {},
+                    "validation_cases": [c.name for c in val_cases],
                     "autoencoder_epochs": preset.ae_epochs, "unet_epochs": preset.unet_epochs,
                     "seconds": {"prepare": round(prep_seconds, 1), "autoencoder": round(ae_seconds, 1),
                                 "latent_cache": round(cache_seconds, 1), "unet": round(unet_seconds, 1)},

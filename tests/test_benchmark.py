@@ -263,16 +263,19 @@ def nnunet_env(tmp_path, monkeypatch):
     return roots
 
 
-def test_missing_bundle_stops_before_training(tmp_path, nnunet_env, capsys):
+def test_shared_bundle_override_stops_before_training(tmp_path, nnunet_env, capsys, monkeypatch):
+    """Arm (c) trains its own models per job: a bundle forced on every fold by $DIFF4MM_BUNDLE is refused."""
     _fake_raw(nnunet_env.raw)
     labels = tmp_path / "labels"
     labels.mkdir()
     (labels / "test_000.nii.gz").write_text("ref", encoding="utf-8")
     common = ["-d", "901", "-o", str(tmp_path / "out"), "--test-labels", str(labels)]
+    monkeypatch.setenv("DIFF4MM_BUNDLE", str(tmp_path / "some_bundle"))
     assert cli_main(common) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("diff4mm_benchmark: error: ") and "no synthesis bundle" in err and "\n" not in err
+    assert err.startswith("diff4mm_benchmark: error: ") and "DIFF4MM_BUNDLE is set" in err and "\n" not in err
     assert not any(nnunet_env.preprocessed.iterdir())  # nothing was planned or preprocessed
+    monkeypatch.delenv("DIFF4MM_BUNDLE")
 
     (labels / "test_000.nii.gz").unlink()
     assert cli_main(common + ["--arms", "a", "b"]) == 1
@@ -286,10 +289,26 @@ TINY_TRAINER = '''
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer
+
 
 class nnUNetTrainer_BenchmarkTest(nnUNetTrainer):
     """1 epoch of 2 iterations: tests the benchmark's plumbing, not the network. nnUNetTrainer records its
     constructor arguments by name (inspect.signature), so the signature is spelled out."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+
+
+class Diff4MMTrainer_BenchmarkTest(Diff4MMTrainer):
+    """Diff4MMTrainer on the same 1 x 2 schedule, with a small pool."""
+
+    pool_size = 2
+    prefill = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -362,3 +381,42 @@ def test_cpu_preset_end_to_end_on_tiny_phantom(tmp_path, nnunet_env, monkeypatch
     timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
     assert {t["train_status"] for t in timings.values()} == {"reused"}
     assert {t["predict_status"] for t in timings.values()} == {"reused"}
+
+
+@pytest.mark.slow
+def test_arm_c_models_see_only_the_jobs_training_cases(tmp_path, nnunet_env, monkeypatch):
+    """The benchmark trains arm (c)'s inpainter, normal CTs and bundle per job through the plugin's commands with
+    -f F; each records exactly the job's training cases, none of its validation or test cases, and
+    Diff4MMTrainer accepts them (its leak check passes and synthesis runs)."""
+    from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
+    from synthesis.inpainting import inpainter_training_cases
+    from synthesis.normal_dataset import normal_lineage
+
+    trainers = tmp_path / "trainers"
+    trainers.mkdir()
+    (trainers / "benchmark_test_trainer.py").write_text(TINY_TRAINER, encoding="utf-8")
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers))
+    phantom = tmp_path / "phantom"
+    names = write_phantom_dataset(phantom, PhantomConfig(seed=1, spacing=(8.0, 8.0, 12.0), max_tumors=3), 4, 1,
+                                  progress=False)
+    raw = nnunet_env.raw / "Dataset851_Leak"
+    _raw_from_phantom(phantom, raw, names[:4], names[4:])
+    settings = B.BenchmarkSettings(
+        dataset="851", output=tmp_path / "out", folds=(0,), fractions=(1.0,), arms=("c",), phantom=phantom,
+        trainers=("nnUNetTrainer_BenchmarkTest", "Diff4MMTrainer_BenchmarkTest"), num_processes=1,
+        inpainter_args=("--preset", "tiny", "--epochs", "1"), synthesizer_args=("--preset", "tiny"))
+    B.run_benchmark(settings)
+
+    splits = json.loads((nnunet_env.preprocessed / raw.name / "splits_final.json").read_text(encoding="utf-8"))
+    train, val, test = set(splits[0]["train"]), set(splits[0]["val"]), set(names[4:])
+    assert train and val and not train & (val | test)
+    assert set(inpainter_training_cases(raw / "diff4mm" / "inpainter_fold0")) == train
+    assert normal_lineage(raw / "diff4mm" / "normal_fold0") == train
+    normal_cases = {p.name[: -len(".nii.gz")] for p in (raw / "diff4mm" / "normal_fold0" / "labelsTr").iterdir()}
+    assert normal_cases == train
+    record = json.loads((raw / "diff4mm" / "synthesizer_fold0" / "diff4mm_bundle.json").read_text(encoding="utf-8"))
+    assert set(record["training"]["cases"]) == train and set(record["training"]["lineage_cases"]) == train
+    assert not (raw / "diff4mm" / "synthesizer").exists()  # nothing shared across folds was made
+    log = next((nnunet_env.results / raw.name / "Diff4MMTrainer_BenchmarkTest__Diff4MMCPUPlans__3d_fullres" /
+                "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
+    assert "synthesizer_fold0" in log and "synthesis disabled" not in log

@@ -45,12 +45,18 @@ class Preset:
     diff4mm_trainer: str
     tta: bool
     device: str
+    # arguments of diff4mm_train_inpainter and diff4mm_train_synthesizer for arm (c)'s per-job models
+    inpainter_args: tuple[str, ...] = ()
+    synthesizer_args: tuple[str, ...] = ()
 
 
 PRESETS = {
+    # CPU: the demo's tiny inpainter and a short default-preset synthesizer (docs/decisions.md, Evidence)
     "cpu": Preset("cpu", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMDemo", "Diff4MMTrainer_Demo", tta=False,
-                  device="cpu"),
-    "default": Preset("default", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto"),
+                  device="cpu", inpainter_args=("--preset", "tiny", "--epochs", "6"),
+                  synthesizer_args=("--preset", "default", "--epochs", "20")),
+    "default": Preset("default", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto",
+                      inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu")),
 }
 
 
@@ -92,6 +98,8 @@ class BenchmarkSettings:
     tta: bool | None = None  # None: the preset's
     subset_seed: int = 0
     configuration: str = CONFIGURATION
+    inpainter_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_inpainter arguments)
+    synthesizer_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_synthesizer arguments)
 
 
 @dataclass(frozen=True)

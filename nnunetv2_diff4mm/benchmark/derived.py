@@ -80,7 +80,7 @@ def plan_and_preprocess(dataset_id: int, preset: Preset, configuration: str, num
 
     if not plans_exist:
         if preset.name == "cpu":
-            from .planning import plan_and_preprocess_cpu
+            from ..planning import plan_and_preprocess_cpu
 
             plan_and_preprocess_cpu(dataset_id, num_processes, True, (configuration,))
             return

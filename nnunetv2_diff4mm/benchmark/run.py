@@ -9,7 +9,9 @@ Arms (same plans, schedule, folds and labelled subsets; only input channels or t
   channel r's intensity statistics and normalisation settings as its only channel, so that patch size, network,
   spacing and intensity normalisation equal arm (b)'s; then nnU-Net preprocesses it.
 - **(b)** nnU-Net on all registered phases (the source dataset).
-- **(c)** Diff4MMTrainer on all registered phases (needs the dataset's synthesis bundle and normal CTs).
+- **(c)** Diff4MMTrainer on all registered phases. Its inpainter, normal CTs and synthesis bundle are trained per
+  job on that job's training cases only (``synthesis_models``), so they never see a validation or test case nor a
+  labelled case withheld from (a) and (b) at a fraction < 1.
 
 Labelled fractions: fraction 1 trains on nnU-Net fold k of ``splits_final.json`` (created exactly as
 nnU-Net would if missing). A fraction f < 1 trains on the first max(1, ceil(f·n)) training cases of fold k in
@@ -32,8 +34,6 @@ an existing one is reused. A re-run of a finished benchmark only re-evaluates an
 """
 from __future__ import annotations
 
-from __future__ import annotations
-
 import json
 import os
 import time
@@ -50,6 +50,7 @@ from .derived import (_check_id_free, derive_reference_phase_dataset, derived_da
                       prepare_derived_preprocessed, preprocessing_complete)
 from .nnunet_runs import fold_folder, predict_job, run_logged, synthesis_disabled, train_job
 from .references import collect_references
+from .synthesis_models import prepare_synthesis_models
 
 
 def _resolve_device(device: str) -> str:
@@ -86,6 +87,8 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         raise BenchmarkError(f"--fractions {' '.join(f'{f:g}' for f in s.fractions)}: each must be in (0, 1]")
     device = _resolve_device(s.device or preset.device)
     tta = preset.tta if s.tta is None else s.tta
+    synthesis_args = (tuple(s.inpainter_args if s.inpainter_args is not None else preset.inpainter_args),
+                      tuple(s.synthesizer_args if s.synthesizer_args is not None else preset.synthesizer_args))
     out = Path(s.output)
 
     # inputs, checked before any expensive step
@@ -100,14 +103,10 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         raise BenchmarkError(f"{source_raw / 'imagesTs'}: no held-out test images (<case>_0000{ending})")
     references = collect_references(cases_ts, ending, out / "references", s.test_labels, s.phantom)
     if any(a.role == "diff4mm" for a in arms):
-        bundle, normal = conventions.bundle_folder(source_raw), conventions.normal_folder(source_raw)
-        if not (bundle / "diff4mm_bundle.json").is_file():
-            raise BenchmarkError(f"{bundle}: no synthesis bundle for arm (c); train one with "
-                                 f"diff4mm_train_synthesizer (or set {conventions.ENV_BUNDLE}), or leave out arm c "
-                                 "with --arms a b")
-        if not (normal / "imagesTr").is_dir():
-            raise BenchmarkError(f"{normal}: no normal CTs for arm (c); run diff4mm_inpaint (or set "
-                                 f"{conventions.ENV_NORMAL}), or leave out arm c with --arms a b")
+        for var in (conventions.ENV_BUNDLE, conventions.ENV_NORMAL):
+            if os.environ.get(var):
+                raise BenchmarkError(f"${var} is set, but arm (c) trains its own inpainter, normal CTs and bundle "
+                                     "on each job's training cases; unset it")
     derived_id = s.derived_id if s.derived_id is not None else source_id + DERIVED_ID_OFFSET
     derived_name = derived_dataset_name(source_name, derived_id)
     use_derived = any(a.derived for a in arms)
@@ -151,6 +150,12 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         bar.set_postfix_str(job.key)
         record = timings.setdefault(job.key, {})
         record["nnunet_fold"] = job.nnunet_fold
+        if job.arm.role == "diff4mm":
+            start = time.perf_counter()
+            status = prepare_synthesis_models(job, source_raw, synthesis_args, device, out / "logs", runner, env)
+            if status == "trained":
+                record["synthesis_models_s"] = time.perf_counter() - start
+            record["synthesis_models_status"] = status
         start = time.perf_counter()
         status = train_job(job, roots.results, device, out / "logs", runner, env)
         if status == "trained":

@@ -5,13 +5,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.dataset_io import DatasetError
+from synthesis.dataset_io import DatasetError, labelled_cases
 from synthesis.inpainting import CLASSICAL_METHODS, DEFAULT_DILATION_MM, InpaintingError
 from synthesis.normal_dataset import inpaint_dataset
 
 from .. import conventions
+from ..splits import SplitError, selected_training_cases
 from ..visualization import montage
 from .arg_types import finite_float
+from .case_args import add_case_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "under $nnUNet_raw, written by diff4mm_register")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="MODEL_DIR", help="trained inpainter (diff4mm_train_inpainter output); "
-                        "default: DATASET/diff4mm/inpainter if it exists")
+                        "default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold")
     source.add_argument("--method", choices=CLASSICAL_METHODS,
                         help="classical fallback instead of a learned model (no training needed)")
     parser.add_argument("--dilation-mm", type=finite_float(0, 100), default=DEFAULT_DILATION_MM,
@@ -33,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"and diffuse tumor borders (default {DEFAULT_DILATION_MM:g})")
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
                         help="where the model runs (default auto: cuda if available)")
+    parser.add_argument("-o", "--output", metavar="NORMAL_DIR", default=None,
+                        help="output folder (default: DATASET/diff4mm/normal, or normal_foldFOLD with --fold, "
+                             "where diff4mm_train_synthesizer and Diff4MMTrainer look)")
+    add_case_arguments(parser, "inpaint")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo normal CTs that were made with other settings (otherwise refused)")
     return parser
@@ -42,15 +48,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         raw = conventions.raw_dataset_folder(args.dataset)
-        source = args.method or args.model or str(raw / conventions.SUBFOLDER / "inpainter")
+        if args.cases and not args.output:
+            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+        source = args.method or args.model or str(conventions.inpainter_folder(raw, args.fold))
         if args.dilation_mm < 0:
             raise DatasetError(f"--dilation-mm must be >= 0, got {args.dilation_mm}")
-        record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage)
-    except (DatasetError, InpaintingError, RuntimeError, FileNotFoundError) as err:
+        out = args.output or conventions.normal_folder(raw, args.fold)
+        cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
+        record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
+                                 cases=cases, out_dir=out)
+    except (DatasetError, InpaintingError, SplitError, RuntimeError, FileNotFoundError) as err:
         print(f"diff4mm_inpaint: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
     failed = [(c, p) for c, phases in record["cases"].items() for p, r in phases.items() if not r["ok"]]
-    print(f"{len(record['cases'])} normal cases in {conventions.normal_folder(raw)}; no-tumor check: "
+    print(f"{len(record['cases'])} normal cases in {out}; no-tumor check: "
           f"{'passed' if not failed else f'{len(failed)} case-phases still look abnormal: {failed[:5]}'}")
     return 0
 

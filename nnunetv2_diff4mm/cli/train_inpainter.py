@@ -5,10 +5,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.dataset_io import DatasetError, labelled_cases, load_case
+from synthesis.dataset_io import DatasetError, labelled_cases, load_case, select_cases
 from synthesis.inpainting import PRESETS, InpaintingError, train_inpainter
 
 from .. import conventions
+from ..splits import SplitError, selected_training_cases
+from .case_args import add_case_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "as safetensors with their config; re-running resumes after the last finished epoch.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name under $nnUNet_raw")
     parser.add_argument("-o", "--output", metavar="MODEL_DIR",
-                        help="model folder (default: DATASET/diff4mm/inpainter, where diff4mm_inpaint looks)")
+                        help="model folder (default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold, "
+                             "where diff4mm_inpaint looks)")
     parser.add_argument("--preset", default="default", choices=tuple(PRESETS),
                         help="model and training size: tiny (tests, seconds), default (CPU, ~4 min on one core), "
                              "gpu (1.5 x 1.5 x 2.5 mm grid, one GPU)")
@@ -27,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
                         help="training device (default auto: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_case_arguments(parser, "train")
     return parser
 
 
@@ -34,16 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         raw = conventions.raw_dataset_folder(args.dataset)
-        out = args.output or str(raw / conventions.SUBFOLDER / "inpainter")
+        if args.cases and not args.output:
+            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+        out = args.output or str(conventions.inpainter_folder(raw, args.fold))
+        names = select_cases(raw, selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases))
         cases = []
-        for name in labelled_cases(raw):
+        for name in names:
             target, _, label, _ = load_case(raw, name, normal=False)
             cases.append((target, label))
-        train_inpainter(cases, out, epochs=args.epochs, device=args.device, seed=args.seed, preset=args.preset)
-    except (DatasetError, InpaintingError, RuntimeError, FileNotFoundError) as err:
+        train_inpainter(cases, out, epochs=args.epochs, device=args.device, seed=args.seed, preset=args.preset,
+                        case_names=names)
+    except (DatasetError, InpaintingError, SplitError, RuntimeError, FileNotFoundError) as err:
         print(f"diff4mm_train_inpainter: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(f"inpainter in {out}")
+    print(f"inpainter in {out} (trained on {len(names)} cases)")
     return 0
 
 

@@ -9,8 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from synthesis.bundle import BundleError
-from synthesis.dataset_io import DatasetError, load_training_cases
+from synthesis.dataset_io import DatasetError, dataset_phases, labelled_cases, load_training_cases
+from synthesis.normal_dataset import normal_lineage
 from synthesis.training import PRESETS, train_synthesizer
+
+from .. import conventions
+from ..splits import SplitError, selected_training_cases
+from .case_args import add_case_arguments
 
 PROG = "diff4mm_train_synthesizer"
 
@@ -42,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "an interrupted training; a finished one is left as is.")
     parser.add_argument("-d", "--dataset", required=True, metavar="ID",
                         help="dataset id or name, e.g. 501 or Dataset501_Liver (under $nnUNet_raw)")
-    parser.add_argument("-o", "--output", required=True, metavar="BUNDLE_DIR", help="bundle folder to write")
+    parser.add_argument("-o", "--output", metavar="BUNDLE_DIR", default=None,
+                        help="bundle folder to write (default: DATASET/diff4mm/synthesizer, or synthesizer_foldFOLD "
+                             "with --fold, where Diff4MMTrainer looks)")
+    parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
+                        help="normal CTs from diff4mm_inpaint (default: DATASET/diff4mm/normal_foldFOLD with --fold "
+                             "if it exists, else DATASET/diff4mm/normal)")
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
                         help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~37 min "
                              "on one core), gpu (64^3 at 1.5 mm) (default: default)")
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="epochs of each stage (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_case_arguments(parser, "train")
     return parser
 
 
@@ -60,13 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--epochs must be >= 1")
     try:
         dataset_dir = resolve_raw_dataset(args.dataset)
-        names, cases = load_training_cases(dataset_dir)
-        bundle = train_synthesizer(cases, args.output, preset=args.preset, device=args.device, epochs=args.epochs,
-                                   seed=args.seed, case_names=names)
-    except (DatasetError, BundleError, ValueError, RuntimeError) as err:
+        if args.cases and not args.output:
+            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+        output = args.output or conventions.bundle_folder(dataset_dir, args.fold)
+        normal = (Path(args.normal) if args.normal else
+                  conventions.fold_or_shared(conventions.normal_folder, dataset_dir, args.fold))
+        selected = selected_training_cases(dataset_dir, labelled_cases(dataset_dir), args.fold, args.cases)
+        names, cases = load_training_cases(dataset_dir, selected, normal)
+        lineage = normal_lineage(normal)
+        bundle = train_synthesizer(cases, output, preset=args.preset, device=args.device, epochs=args.epochs,
+                                   seed=args.seed, case_names=names,
+                                   lineage_cases=sorted(lineage) if lineage is not None else None,
+                                   source={"dataset": dataset_dir.name, "phases": dataset_phases(dataset_dir),
+                                           "normal_dir": normal.name})
+    except (DatasetError, BundleError, SplitError, ValueError, RuntimeError) as err:
         print(f"{PROG}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(f"synthesis bundle: {bundle}")
+    print(f"synthesis bundle: {bundle} (trained on {len(names)} cases)")
     return 0
 
 

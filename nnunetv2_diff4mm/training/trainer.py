@@ -19,6 +19,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from .. import conventions
+from .leakage import LeakError, refuse_leak
 from .mixed_dataset import SyntheticMixDataset, fallback_count, is_synthetic
 from .normal_cases import intensity_mappings, preprocess_normal_cases
 from .synthetic_pool import PoolSettings, produce, read_status, slots
@@ -60,11 +61,13 @@ class Diff4MMTrainer(nnUNetTrainer):
 
     # --- set-up -----------------------------------------------------------------------------------------------
     def _prepare_synthesis(self) -> None:
-        """Locate bundle and normal CTs, cache the normal CTs in preprocessed space, prefill the pool.
-        Any problem is logged and training continues with real samples only."""
+        """Locate bundle and normal CTs (the fold's own `_foldF` folders where they exist), refuse them if they were
+        trained on a validation case of this fold (SystemExit with one line), cache the normal CTs in
+        preprocessed space, prefill the pool. Any other problem is logged and training continues with real
+        samples only."""
         raw = conventions.raw_dataset_folder(self.plans_manager.dataset_name)
-        self._bundle = conventions.bundle_folder(raw)
-        normal_dir = conventions.normal_folder(raw)
+        self._bundle = conventions.fold_or_shared(conventions.bundle_folder, raw, self.fold)
+        normal_dir = conventions.fold_or_shared(conventions.normal_folder, raw, self.fold)
         cache = conventions.preprocessed_cache_folder(self.preprocessed_dataset_folder_base,
                                                       self.plans_manager.plans_name, self.configuration_name)
         rank = self.local_rank
@@ -75,6 +78,12 @@ class Diff4MMTrainer(nnUNetTrainer):
         self._pool_folder.mkdir(parents=True)
         if self.synthetic_fraction <= 0:
             return
+        if (self._bundle / "diff4mm_bundle.json").is_file() and self.fold != "all":
+            try:
+                refuse_leak(self._bundle, normal_dir, list(self.do_split()[1]), self.fold, self.print_to_log_file)
+            except LeakError as err:
+                self.print_to_log_file(f"Diff4MM: refused: {err}")
+                raise SystemExit(f"error: {err}") from None
         try:
             if not (self._bundle / "diff4mm_bundle.json").is_file():
                 raise FileNotFoundError(f"no synthesis bundle at {self._bundle} (train one with "
