@@ -384,7 +384,12 @@ def prepare_fixed(fixed: sitk.Image, fixed_liver: sitk.Image | None = None,
     voxels = _count(mask)
     info = {"mask": kind, "working_spacing_mm": w, "working_size": list(region.GetSize()),
             "mask_volume_ml": round(voxels * w ** 3 / 1000.0, 1)}
-    return FixedSetup(levels, kind, region, (lo, hi), (origin + roi_lo, origin + roi_hi), fixed, info)
+    setup = FixedSetup(levels, kind, region, (lo, hi), (origin + roi_lo, origin + roi_hi), fixed, info)
+    with single_threaded_itk():
+        # The reference against itself: the best metric any phase can reach in this mask (its entropy), the
+        # scale that makes a phase's final metric comparable between cases (see register_phase's "similarity").
+        info["metric_reference_self"] = _metric(setup, setup.levels, sitk.Transform(), settings)
+    return setup
 
 
 def _moving_levels(setup: FixedSetup, moving: sitk.Image, moving_liver: sitk.Image | None,
@@ -640,8 +645,9 @@ def register_phase(setup: FixedSetup, moving: sitk.Image, moving_liver: sitk.Ima
             parts = [_as_affine(current)]
         final = sitk.CompositeTransform(parts)  # [affine] or [affine, bspline, ...]
         qa = {**setup.info, "moving_mask": moving_region is not None, "initialisation": init,
-              "metric_initial": records[0]["metric_after"], "metric_final": metric, "stages": records,
-              **displacement_summary(final, setup), "seconds": round(time.perf_counter() - start, 3)}
+              "metric_initial": records[0]["metric_after"], "metric_final": metric,
+              "similarity": similarity(metric, setup), "stages": records,
+              **displacement_summary(final, setup, moving), "seconds": round(time.perf_counter() - start, 3)}
     return RegistrationResult(final, qa)
 
 
@@ -658,19 +664,42 @@ def register(fixed: sitk.Image, moving: sitk.Image, fixed_liver: sitk.Image | No
 # ------------------------------------------------------------------------------------------ applying
 
 
-def displacement_summary(transform: sitk.Transform, setup: FixedSetup, max_points: int = 1000) -> dict[str, float]:
+def similarity(metric: float, setup: FixedSetup) -> float | None:
+    """A phase's final Mattes MI relative to the reference phase's MI with itself in the same mask (the metric
+    is negated MI, so both are negative): 1 = as similar as the reference to itself, 0 = independent. Unlike the
+    raw metric it does not depend on the case's entropy, so one threshold serves every case. Measured on the
+    phantom: 0.54-0.73 for every registered phase, 0.02-0.17 for a phase whose header origin is 100-200 mm off
+    (registration cannot recover it and stays where it started). None if the reference has no information."""
+    best = setup.info.get("metric_reference_self")
+    if best is None or not best < 0:
+        return None
+    return round(float(metric) / float(best), 4)
+
+
+def displacement_summary(transform: sitk.Transform, setup: FixedSetup, moving: sitk.Image | None = None,
+                         max_points: int = 1000) -> dict[str, float]:
     """Mean and max length (mm) of the transform's displacement over the liver (or body) region, from an evenly
     strided subset of its voxels: a QA figure that flags runaway registrations (breathing rarely moves the
-    liver by more than ~30 mm)."""
+    liver by more than ~30 mm). Given the ``moving`` phase, also ``region_inside_fraction``: the share of those
+    points that the transform maps inside the moving scan (1 for a phase that covers the liver; a phase mapped
+    mostly outside its own scan was not registered, its output there is air)."""
     index = np.argwhere(sitk.GetArrayViewFromImage(setup.region) > 0)[:, ::-1]  # (x, y, z)
     index = index[:: max(1, len(index) // max_points)]
-    lengths = [0.0]
+    lengths, inside = [0.0], 0
+    size = np.asarray(moving.GetSize()) if moving is not None else None
     for i in index:
         point = setup.region.TransformIndexToPhysicalPoint([int(v) for v in i])
-        lengths.append(float(np.linalg.norm(np.subtract(transform.TransformPoint(point), point))))
+        mapped = transform.TransformPoint(point)
+        lengths.append(float(np.linalg.norm(np.subtract(mapped, point))))
+        if size is not None:
+            at = np.asarray(moving.TransformPhysicalPointToContinuousIndex(mapped))
+            inside += bool(np.all(at >= -0.5) and np.all(at <= size - 0.5))
     lengths = np.asarray(lengths[1:] or lengths)
-    return {"displacement_mean_mm": round(float(lengths.mean()), 3),
-            "displacement_max_mm": round(float(lengths.max()), 3)}
+    out = {"displacement_mean_mm": round(float(lengths.mean()), 3),
+           "displacement_max_mm": round(float(lengths.max()), 3)}
+    if size is not None:
+        out["region_inside_fraction"] = round(inside / max(len(index), 1), 4)
+    return out
 
 
 def resample_to_reference(moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None,
