@@ -317,3 +317,28 @@ def check_complete(path: str | os.PathLike[str]) -> list[Path]:
     elif lower.endswith((".nrrd", ".nhdr")):
         data_file = _check_nrrd(path)
     return [path] if data_file is None or data_file == path else [path, data_file]
+
+
+def detached_data_file(path: str | os.PathLike[str]) -> Path | None:
+    """The data file a detached header (.mhd, .nhdr) names, without reading any voxel; None for single-file
+    formats, an attached header, or a list/pattern of files."""
+    path = Path(path)
+    lower = path.name.lower()
+    if not path.is_file() or not lower.endswith((".mhd", ".mha", ".nhdr", ".nrrd")):
+        return None
+    if lower.endswith((".mhd", ".mha")):
+        found = _text_header(path, re.compile(rb"^[ \t]*ElementDataFile[ \t]*=[^\n]*\n", re.MULTILINE))
+        if found is None:
+            return None
+        value = found[0].decode("latin-1").splitlines()[-1].split("=", 1)[1]
+    else:
+        found = _text_header(path, re.compile(rb"\r?\n\r?\n|\Z"))
+        if found is None:
+            return None
+        lines = [ln for ln in found[0].decode("latin-1").splitlines() if ln.lower().replace(" ", "").startswith(
+            ("datafile:", "data_file:"))]
+        if not lines:
+            return None
+        value = lines[0].split(":", 1)[1]
+    data_file = _data_file(path, value)
+    return data_file if data_file is not None and data_file != path else None

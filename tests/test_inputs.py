@@ -381,3 +381,39 @@ def test_write_image_atomic_failure_keeps_old_file_and_no_temp(tmp_path: Path) -
     with pytest.raises(ValueError, match="single-file format"):
         write_image_atomic(make_image(), tmp_path / "out.mhd")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.xyz"]
+
+
+def test_dicom_folder_digest_covers_every_slice(tmp_path):
+    from registration.inputs import CaseFiles, case_input_digests
+
+    folder = tmp_path / "case" / "AP"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        (folder / f"{k}.dcm").write_bytes(bytes([k]) * 10)
+    case = CaseFiles("case", tmp_path / "case", {"AP": folder})
+    first = case_input_digests(case)
+    assert list(first) == ["AP/"]
+    (folder / "1.dcm").write_bytes(b"\x09" * 10)
+    assert case_input_digests(case) != first
+    (folder / "1.dcm").write_bytes(b"\x01" * 10)
+    assert case_input_digests(case) == first
+    (folder / "2.dcm").unlink()
+    assert case_input_digests(case) != first
+
+
+def test_digest_of_a_detached_header_covers_its_data_file(tmp_path):
+    from registration.inputs import CaseFiles, case_input_digests
+
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    sitk.WriteImage(image, str(case_dir / "AP.mhd"))
+    case = CaseFiles("case", case_dir, {"AP": case_dir / "AP.mhd"})
+    first = case_input_digests(case)
+    assert sorted(first) == ["AP.mhd", "AP.raw"]
+    data = bytearray((case_dir / "AP.raw").read_bytes())
+    data[10] ^= 1  # a voxel changes, the header does not
+    (case_dir / "AP.raw").write_bytes(bytes(data))
+    changed = case_input_digests(case)
+    assert changed["AP.mhd"] == first["AP.mhd"] and changed["AP.raw"] != first["AP.raw"]
+
