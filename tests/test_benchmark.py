@@ -70,6 +70,14 @@ def test_report_values_equal_hand_computed(tmp_path):
     cells = [c.strip() for c in diff_line.strip("|").split("|")]
     assert cells[1] == "+0.000 ± 0.000" and cells[4] == "+0.500 ± 0.354" and cells[-1] == "2"
     assert R.paired_differences(rows, C, BM, 1.0)["tumor_dice"]["mean"] == pytest.approx(0.5)
+    # bootstrap of 2 pairs: resampled means 0.25, 0.5 or 0.75 -> 95 % interval [0.25, 0.75]; exact Wilcoxon p 0.5
+    st = R.paired_statistics(rows, C, BM, 1.0, "tumor_dice")
+    assert (st["mean"], st["ci_low"], st["ci_high"], st["p_wilcoxon"], st["n"]) == pytest.approx((0.5, 0.25, 0.75,
+                                                                                                  0.5, 2))
+    stats_lines = [line for line in text.splitlines() if line.startswith("| (c) − (b) | ")]
+    assert "| tumor Dice | +0.500 | [+0.250, +0.750] | 0.5 | above 0 | 2 |" in stats_lines[1]
+    assert "| liver Dice | +0.000 | [+0.000, +0.000] | 1 | includes 0 | 2 |" in stats_lines[3]
+    assert "1.000 (2/2) | 2 |" in c_line and "0.500 (1/2) | 2 |" in b_line  # recall of tumors < 20 mm
     # data efficiency, tumor Dice of (b): 0.375 ± 0.177 at fraction 0.5, 0.375 ± 0.530 at fraction 1
     efficiency = text.split("## Data efficiency")[1].split("##")[0]
     assert "| fraction 0.5 | fraction 1 |" in efficiency

@@ -99,9 +99,12 @@ def test_tumor_detection_counts():
     ref[4, 14, 14] = True  # touches tumor 3 only through a corner: same component under 26-connectivity
     pred[4:7, 4:7, 4:7] = True  # overlaps tumor 1 at voxel (4, 4, 4) only
     pred[15:18, 15:18, 15:18] = True  # false positive
-    counts = detect_tumors(pred, ref)
+    counts = detect_tumors(pred, ref)  # 1 mm voxels: every tumor is under 20 mm
     assert counts == {"tumor_tp": 1, "tumor_fn": 2, "tumor_fp": 1, "tumor_tp_pred": 1, "n_ref_tumors": 3,
-                      "n_pred_tumors": 2}
+                      "n_pred_tumors": 2, "tumor_tp_small": 1, "tumor_fn_small": 2}
+    # 6 mm voxels: tumors 1 and 2 (27 voxels) are 22.3 mm across, tumor 3 (9 voxels) 15.5 mm: only 3 is small
+    counts = detect_tumors(pred, ref, (6.0, 6.0, 6.0))
+    assert (counts["tumor_tp"], counts["tumor_tp_small"], counts["tumor_fn_small"]) == (1, 0, 1)
 
 
 def test_summarize_pools_detection_and_counts_missing_hd95():

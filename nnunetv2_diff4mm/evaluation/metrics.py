@@ -26,7 +26,9 @@ values, all from its easy cases).
 Tumor detection: connected components of the tumor masks with 26-connectivity. A reference tumor is detected
 (TP) if any predicted tumor component overlaps it by at least one voxel, else missed (FN). A predicted
 component that overlaps no reference tumor is a false positive (FP); one that does is counted in `tp_pred`.
-Recall = TP / (TP + FN), precision = tp_pred / (tp_pred + FP); `summarize` pools the counts over cases.
+Recall = TP / (TP + FN), precision = tp_pred / (tp_pred + FP); `summarize` pools the counts over cases. Small
+lesions: reference tumors whose equivalent diameter (of their physical volume) is under 20 mm, the paper's and
+the clinic's "small" (``tumor_tp_small``, ``tumor_fn_small``); "a tumor" is synthesis.tumor_masks' definition.
 
 Spacing always comes from the image (mm); prediction and reference must share one grid.
 """
@@ -44,7 +46,8 @@ STRUCTURES = {"liver": (1, 2), "tumor": (2,)}
 VALID_LABELS = (0, 1, 2)
 METRICS = tuple(f"{s}_{m}" for s in STRUCTURES for m in ("dice", "hd95_mm", "nsd"))
 DETECTION_COUNTS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred")
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+SMALL_COUNTS = ("tumor_tp_small", "tumor_fn_small")
+SMALL_TUMOR_MM = 20.0
 
 
 class EvaluationInputError(ValueError):
@@ -89,21 +92,25 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: 
     return {"dice": dice, "hd95_mm": float(hd95[0, 0]), "nsd": float(nsd[0, 0])}
 
 
-def detect_tumors(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
+def detect_tumors(pred: np.ndarray, ref: np.ndarray, spacing_xyz=(1.0, 1.0, 1.0)) -> dict[str, int]:
     """Tumor-wise detection counts of two binary tumor masks (26-connected components, overlap >= 1 voxel).
 
     Returns tumor_tp (reference tumors hit), tumor_fn (reference tumors missed), tumor_fp (predicted components
-    hitting no reference tumor), tumor_tp_pred (predicted components hitting one), n_ref_tumors, n_pred_tumors.
+    hitting no reference tumor), tumor_tp_pred (predicted components hitting one), n_ref_tumors, n_pred_tumors,
+    and tumor_tp_small / tumor_fn_small: the same as tp / fn for reference tumors under SMALL_TUMOR_MM.
     """
-    from scipy import ndimage
+    from synthesis.tumor_masks import label_tumors, tumor_diameters_mm
 
-    ref_lab, n_ref = ndimage.label(np.asarray(ref, dtype=bool), structure=_CONNECTIVITY_26)
-    pred_lab, n_pred = ndimage.label(np.asarray(pred, dtype=bool), structure=_CONNECTIVITY_26)
+    ref_lab, n_ref = label_tumors(ref)
+    pred_lab, n_pred = label_tumors(pred)
     overlap = (ref_lab > 0) & (pred_lab > 0)
-    hit_ref = np.unique(ref_lab[overlap]).size
+    hit = np.unique(ref_lab[overlap])
     hit_pred = np.unique(pred_lab[overlap]).size
-    return {"tumor_tp": int(hit_ref), "tumor_fn": int(n_ref - hit_ref), "tumor_fp": int(n_pred - hit_pred),
-            "tumor_tp_pred": int(hit_pred), "n_ref_tumors": int(n_ref), "n_pred_tumors": int(n_pred)}
+    small = np.flatnonzero(tumor_diameters_mm(ref_lab, n_ref, spacing_xyz) < SMALL_TUMOR_MM) + 1
+    small_hit = int(np.isin(small, hit).sum())
+    return {"tumor_tp": int(hit.size), "tumor_fn": int(n_ref - hit.size), "tumor_fp": int(n_pred - hit_pred),
+            "tumor_tp_pred": int(hit_pred), "n_ref_tumors": int(n_ref), "n_pred_tumors": int(n_pred),
+            "tumor_tp_small": small_hit, "tumor_fn_small": int(small.size - small_hit)}
 
 
 def _check_same_grid(pred: sitk.Image, ref: sitk.Image, where: str) -> None:
@@ -141,7 +148,7 @@ def evaluate_case(pred: sitk.Image, ref: sitk.Image, tolerance_mm: float = DEFAU
     for structure, values in STRUCTURES.items():
         scores = structure_metrics(np.isin(p, values), np.isin(r, values), spacing_zyx, tolerance_mm)
         row.update({f"{structure}_{k}": v for k, v in scores.items()})
-    row.update(detect_tumors(p == 2, r == 2))
+    row.update(detect_tumors(p == 2, r == 2, ref.GetSpacing()))
     return row
 
 
@@ -220,7 +227,10 @@ def summarize(rows: list[dict]) -> dict:
         mean, std, n, missing = mean_std([row[metric] for row in rows])
         metrics[metric] = {"mean": mean, "std": std, "n": n, "n_missing": missing}
     tp, fn, fp, tp_pred = (int(sum(row[k] for row in rows)) for k in DETECTION_COUNTS)
+    tp_small, fn_small = (int(sum(row.get(k, 0) for row in rows)) for k in SMALL_COUNTS)
     detection = {"tp": tp, "fn": fn, "fp": fp, "tp_pred": tp_pred,
                  "recall": tp / (tp + fn) if tp + fn else math.nan,
-                 "precision": tp_pred / (tp_pred + fp) if tp_pred + fp else math.nan}
+                 "precision": tp_pred / (tp_pred + fp) if tp_pred + fp else math.nan,
+                 "tp_small": tp_small, "fn_small": fn_small,
+                 "recall_small": tp_small / (tp_small + fn_small) if tp_small + fn_small else math.nan}
     return {"n_cases": len(rows), "metrics": metrics, "detection": detection}

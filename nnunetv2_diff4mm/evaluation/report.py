@@ -17,7 +17,10 @@ import numpy as np
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, mean_std, summarize
 
 ID_COLUMNS = ("method", "fraction", "fold", "case")
-COUNT_COLUMNS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred", "n_ref_tumors", "n_pred_tumors")
+COUNT_COLUMNS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred", "n_ref_tumors", "n_pred_tumors",
+                 "tumor_tp_small", "tumor_fn_small")
+STAT_METRICS = ("tumor_dice", "tumor_nsd", "liver_dice")  # the paired statistics table
+N_BOOTSTRAP, BOOTSTRAP_SEED = 10000, 0
 CSV_COLUMNS = (*ID_COLUMNS, *METRICS, *COUNT_COLUMNS)
 METRIC_TITLES = {"liver_dice": "liver Dice", "liver_hd95_mm": "liver HD95 (mm)", "liver_nsd": "liver NSD",
                  "tumor_dice": "tumor Dice", "tumor_hd95_mm": "tumor HD95 (mm)", "tumor_nsd": "tumor NSD"}
@@ -75,6 +78,51 @@ def paired_differences(rows, method_x: str, method_y: str, fraction: float) -> d
     return out
 
 
+def paired_statistics(rows, method_x: str, method_y: str, fraction: float, metric: str) -> dict:
+    """Mean of the paired (fold, case) differences x − y of one metric with a 95 % bootstrap confidence interval
+    (scipy.stats.bootstrap, percentile method, 10000 resamples of the pairs, fixed seed: runs and test cases are
+    resampled together, not hierarchically) and the two-sided Wilcoxon signed-rank p-value (scipy.stats.wilcoxon;
+    1.0 when every difference is 0). NaN interval and p for fewer than 2 pairs."""
+    from scipy import stats
+
+    xs = {(r["fold"], r["case"]): r[metric] for r in select(rows, method_x, fraction)}
+    ys = {(r["fold"], r["case"]): r[metric] for r in select(rows, method_y, fraction)}
+    d = np.asarray([xs[k] - ys[k] for k in sorted(set(xs) & set(ys))], float)
+    d = d[~np.isnan(d)]
+    out = {"mean": float(d.mean()) if d.size else math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "p_wilcoxon": math.nan, "n": int(d.size)}
+    if d.size < 2:
+        return out
+    if np.all(d == d[0]):  # no spread: the bootstrap distribution is that one value
+        out["ci_low"] = out["ci_high"] = float(d[0])
+    else:
+        ci = stats.bootstrap((d,), np.mean, confidence_level=0.95, n_resamples=N_BOOTSTRAP, method="percentile",
+                             random_state=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+        out["ci_low"], out["ci_high"] = float(ci.low), float(ci.high)
+    out["p_wilcoxon"] = 1.0 if np.all(d == 0) else float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def statistics_table(rows, fraction: float, methods: Mapping[str, str], pairs: Sequence[tuple[str, str]]
+                     ) -> list[str]:
+    """Markdown: per (x, y) pair and metric of STAT_METRICS, mean difference, 95 % bootstrap CI, Wilcoxon p and
+    whether the interval includes 0."""
+    present = {r["method"] for r in select(rows, fraction=fraction)}
+    body = []
+    for x, y in pairs:
+        if x not in present or y not in present:
+            continue
+        for metric in STAT_METRICS:
+            st = paired_statistics(rows, x, y, fraction, metric)
+            verdict = ("n/a" if math.isnan(st["ci_low"]) else "includes 0" if st["ci_low"] <= 0 <= st["ci_high"]
+                       else "above 0" if st["ci_low"] > 0 else "below 0")
+            body.append([f"{short_label(methods, x)} − {short_label(methods, y)}", METRIC_TITLES[metric],
+                         f"{st['mean']:+.3f}", f"[{st['ci_low']:+.3f}, {st['ci_high']:+.3f}]",
+                         f"{st['p_wilcoxon']:.3g}", verdict, str(st["n"])])
+    return _table(["comparison", "metric", "mean difference", "95 % CI (bootstrap)", "Wilcoxon p", "interval",
+                   "pairs"], body) if body else []
+
+
 def _digits(metric: str) -> int:
     return 1 if metric.endswith("_mm") else 3
 
@@ -123,8 +171,11 @@ def results_table(rows, fraction: float, methods: Mapping[str, str]) -> list[str
         det = s["detection"]
         body.append([methods.get(method, method), *(format_mean_std(s["metrics"][m], _digits(m)) for m in METRICS),
                      _ratio(det["recall"], det["tp"], det["tp"] + det["fn"]),
-                     _ratio(det["precision"], det["tp_pred"], det["tp_pred"] + det["fp"]), str(s["n_cases"])])
-    return _table(["method", *(METRIC_TITLES[m] for m in METRICS), "tumor recall", "tumor precision", "rows"], body)
+                     _ratio(det["precision"], det["tp_pred"], det["tp_pred"] + det["fp"]),
+                     _ratio(det["recall_small"], det["tp_small"], det["tp_small"] + det["fn_small"]),
+                     str(s["n_cases"])])
+    return _table(["method", *(METRIC_TITLES[m] for m in METRICS), "tumor recall", "tumor precision",
+                   "recall < 20 mm", "rows"], body)
 
 
 def differences_table(rows, fraction: float, methods: Mapping[str, str],
@@ -265,6 +316,9 @@ def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str
         if diff:
             lines += [f"Paired differences at fraction {f:g} (same test case and fold; mean ± std of the per-case "
                       "difference; for HD95 negative is better):", "", *diff, ""]
+            lines += ["With 95 % bootstrap confidence intervals of the mean difference and Wilcoxon signed-rank "
+                      "p-values (where the interval includes 0 the data do not show a difference):", "",
+                      *statistics_table(rows, f, methods, pairs), ""]
     if len(fractions) > 1:
         lines += ["## Data efficiency: tumor Dice by labelled fraction", "",
                   *data_efficiency_table(rows, sorted(fractions), methods), ""]
