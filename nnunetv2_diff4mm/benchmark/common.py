@@ -48,6 +48,7 @@ class Preset:
     # arguments of diff4mm_train_inpainter and diff4mm_train_synthesizer for arm (c)'s per-job models
     inpainter_args: tuple[str, ...] = ()
     synthesizer_args: tuple[str, ...] = ()
+    configuration: str = CONFIGURATION
 
 
 PRESETS = {
@@ -55,6 +56,12 @@ PRESETS = {
     "cpu": Preset("cpu", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMDemo", "Diff4MMTrainer_Demo", tta=False,
                   device="cpu", inpainter_args=("--preset", "tiny", "--epochs", "6"),
                   synthesizer_args=("--preset", "default", "--epochs", "20")),
+    # CPU evidence: the 2d configuration of the CPU plans, on a schedule long enough for arm (b) to find tumors
+    # (benchmarks/schedule_curve.py on a validation fold; docs/decisions.md, Evidence), the default inpainter and
+    # a half-length default synthesizer per job
+    "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidence", "Diff4MMTrainer_Evidence",
+                       tta=False, device="cpu", inpainter_args=("--preset", "default"),
+                       synthesizer_args=("--preset", "default", "--epochs", "10"), configuration="2d"),
     "default": Preset("default", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto",
                       inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu")),
 }
@@ -97,7 +104,7 @@ class BenchmarkSettings:
     device: str | None = None  # None: the preset's ("auto" = cuda if available)
     tta: bool | None = None  # None: the preset's
     subset_seed: int = 0
-    configuration: str = CONFIGURATION
+    configuration: str | None = None  # None: the preset's
     inpainter_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_inpainter arguments)
     synthesizer_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_synthesizer arguments)
 

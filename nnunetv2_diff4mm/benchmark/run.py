@@ -87,6 +87,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         raise BenchmarkError(f"--fractions {' '.join(f'{f:g}' for f in s.fractions)}: each must be in (0, 1]")
     device = _resolve_device(s.device or preset.device)
     tta = preset.tta if s.tta is None else s.tta
+    configuration = s.configuration or preset.configuration
     synthesis_args = (tuple(s.inpainter_args if s.inpainter_args is not None else preset.inpainter_args),
                       tuple(s.synthesizer_args if s.synthesizer_args is not None else preset.synthesizer_args))
     out = Path(s.output)
@@ -119,21 +120,21 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     # datasets, plans, preprocessing, splits
     t0 = time.perf_counter()
     source_pre = roots.preprocessed / source_name
-    if not preprocessing_complete(source_pre, preset.plans, s.configuration, cases_tr):
+    if not preprocessing_complete(source_pre, preset.plans, configuration, cases_tr):
         _log(f"planning and preprocessing {source_name} ({preset.plans})")
-        plan_and_preprocess(source_id, preset, s.configuration, s.num_processes,
+        plan_and_preprocess(source_id, preset, configuration, s.num_processes,
                             plans_exist=(source_pre / f"{preset.plans}.json").is_file())
     if use_derived:
         _log(f"reference-phase dataset {derived_name} ({phase} = channel {channel} of {source_name})")
         derive_reference_phase_dataset(source_raw, roots.raw / derived_name, channel, phase)
-        prepare_derived_preprocessed(source_name, derived_name, derived_id, preset.plans, channel, s.configuration,
+        prepare_derived_preprocessed(source_name, derived_name, derived_id, preset.plans, channel, configuration,
                                      cases_tr, roots, s.num_processes)
     fold_index, splits = prepare_splits(source_pre, cases_tr, s.folds, fractions, s.subset_seed,
                                         mirror_to=roots.preprocessed / derived_name if use_derived else None)
     prep_seconds = time.perf_counter() - t0
 
     jobs = [Job(arm, f, k, fold_index[(f, k)], derived_name if arm.derived else source_name,
-                diff4mm_trainer if arm.role == "diff4mm" else baseline_trainer, preset.plans, s.configuration)
+                diff4mm_trainer if arm.role == "diff4mm" else baseline_trainer, preset.plans, configuration)
             for arm in arms for f in fractions for k in s.folds]
     n_train = {f: len(splits[fold_index[(f, s.folds[0])]]["train"]) for f in fractions}
 
@@ -186,7 +187,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         "dataset": source_name,
         "reference phase": f"{phase} (channel {channel})",
         "arm (a) dataset": derived_name if use_derived else "not run",
-        "preset": f"{preset.name}: plans {preset.plans}, configuration {s.configuration}",
+        "preset": f"{preset.name}: plans {preset.plans}, configuration {configuration}",
         "trainers": f"baseline {baseline_trainer}, Diff4MM {diff4mm_trainer}",
         "folds": ", ".join(str(k) for k in s.folds),
         f"labelled fractions (training cases in fold {s.folds[0]})":

@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled fractions of each fold's training cases, in (0, 1] (default 0.25 0.5 1)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu: plans Diff4MMCPUPlans, trainers nnUNetTrainer_Diff4MMDemo / Diff4MMTrainer_Demo "
-                             "(short schedule), test-time mirroring off for CPU speed; default: nnUNetPlans, "
+                             "(short schedule), test-time mirroring off for CPU speed; evidence: the same plans, "
+                             "2d, trainers nnUNetTrainer_Diff4MMEvidence / Diff4MMTrainer_Evidence (a schedule on "
+                             "which nnU-Net finds tumors on the phantom); default: nnUNetPlans, "
                              "nnUNetTrainer / Diff4MMTrainer, mirroring on (default: cpu)")
+    parser.add_argument("-c", "--configuration", default=None,
+                        help="nnU-Net configuration (default: the preset's, 2d for evidence, else 3d_fullres)")
     parser.add_argument("--trainers", nargs=2, default=None, metavar=("BASELINE", "DIFF4MM"),
                         help="override the preset's trainer classes: baseline for arms a and b, Diff4MM for arm c")
     parser.add_argument("--arms", nargs="+", choices=[a.key for a in ARMS], default=[a.key for a in ARMS],
@@ -75,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset=args.preset, arms=tuple(args.arms), trainers=tuple(args.trainers) if args.trainers else None,
         test_labels=args.test_labels, phantom=args.phantom, derived_id=args.derived_id,
         reference_phase=args.reference_phase, nsd_tolerance_mm=args.nsd_tolerance_mm,
-        num_processes=args.num_processes, device=args.device, tta=False if args.disable_tta else None)
+        num_processes=args.num_processes, device=args.device, configuration=args.configuration,
+        tta=False if args.disable_tta else None)
     try:
         summary = run_benchmark(settings)
     except (BenchmarkError, SplitError, EvaluationInputError, FileNotFoundError) as err:

@@ -57,6 +57,55 @@ class Diff4MMTrainer_Demo(Diff4MMTrainer):
         _use_demo_schedule(self)
 
 
+def _use_curve_schedule(trainer) -> None:
+    """The schedule of the learning-curve search (benchmarks/schedule_curve.py): 80 epochs of 25 iterations, the
+    validation pseudo-Dice of every epoch (10 batches) tells after how many iterations a CPU-sized nnU-Net finds
+    the tumors. Only used on validation folds, to choose the evidence schedule (docs/decisions.md)."""
+    trainer.num_epochs = 80
+    trainer.num_iterations_per_epoch = 25
+    trainer.num_val_iterations_per_epoch = 10
+
+
+class nnUNetTrainer_Diff4MMCurve(nnUNetTrainer):
+    """nnUNetTrainer on the learning-curve schedule (80 x 25 iterations)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _use_curve_schedule(self)
+
+
+def _use_evidence_schedule(trainer) -> None:
+    """The CPU evidence schedule (diff4mm_benchmark --preset evidence, 2d): 50 epochs of 25 iterations. On the
+    learning curve of a validation fold (benchmarks/schedule_curve.py, 80 x 25) arm (b)'s tumor pseudo-Dice was 0
+    up to 800 iterations and 0.63-0.76 from 825 on; 1250 iterations leave a margin (docs/decisions.md, Evidence)."""
+    trainer.num_epochs = 50
+    trainer.num_iterations_per_epoch = 25
+    trainer.num_val_iterations_per_epoch = 10
+
+
+class nnUNetTrainer_Diff4MMEvidence(nnUNetTrainer):
+    """nnUNetTrainer on the CPU evidence schedule (baseline arms)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _use_evidence_schedule(self)
+
+
+class Diff4MMTrainer_Evidence(Diff4MMTrainer):
+    """Diff4MMTrainer on exactly nnUNetTrainer_Diff4MMEvidence's schedule; 16 synthetic samples made before the
+    first epoch (the CPU producer adds ~1 per epoch)."""
+
+    prefill = 16
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _use_evidence_schedule(self)
+
+
 __all__ = ["Diff4MMTrainer", "Diff4MMTrainer_synthetic25", "Diff4MMTrainer_synthetic75",
            "Diff4MMTrainer_noSynthesis", "Diff4MMTrainer_250epochs", "nnUNetTrainer_Diff4MMDemo",
-           "Diff4MMTrainer_Demo"]
+           "Diff4MMTrainer_Demo", "nnUNetTrainer_Diff4MMCurve", "nnUNetTrainer_Diff4MMEvidence",
+           "Diff4MMTrainer_Evidence"]

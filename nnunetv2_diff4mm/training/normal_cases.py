@@ -76,12 +76,15 @@ def preprocess_normal_cases(normal_dir: Path, case_ids: list[str], num_channels:
                 if str(cached["fingerprint"]) == stamp:
                     out.append(target)
                     continue
-        data, seg, _ = preprocessor.run_case([str(p) for p in images], str(liver), plans_manager,
-                                             configuration_manager, dataset_json)
+        data, seg, properties = preprocessor.run_case([str(p) for p in images], str(liver), plans_manager,
+                                                      configuration_manager, dataset_json)
+        spacing = list(configuration_manager.spacing)
+        if len(spacing) < data.ndim - 1:  # 2d: nnU-Net resamples in-plane only and keeps the slice spacing
+            spacing = [float(properties["spacing"][plans_manager.transpose_forward[0]])] + spacing
         tmp = target.with_name(f".tmp-{target.name}")
         with open(tmp, "wb") as fh:
             np.savez(fh, data=data.astype(np.float32), seg=seg.astype(np.int16),
-                     spacing=np.asarray(configuration_manager.spacing, float), fingerprint=np.asarray(stamp))
+                     spacing=np.asarray(spacing, float), fingerprint=np.asarray(stamp))
         os.replace(tmp, target)
         out.append(target)
     (cache_dir / "cases.json").write_text(json.dumps([p.stem for p in out]), encoding="utf-8")
