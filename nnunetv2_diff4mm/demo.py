@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .benchmark.common import PRESETS as BENCHMARK_PRESETS
+
 DATASET_ID = 501
 DATASET_NAME = "Diff4MMPhantom"
 
@@ -98,7 +100,7 @@ def _registration_table(run: DemoRun) -> list[str]:
 
 
 def _inpainting_table(run: DemoRun) -> list[str]:
-    record = json.loads((_raw(run) / "diff4mm" / "normal" / "normal.json").read_text(encoding="utf-8"))
+    record = json.loads((_raw(run) / "diff4mm" / "normal_fold0" / "normal.json").read_text(encoding="utf-8"))
     lines = ["| case | phase | region HU before | after | healthy liver HU (mean ± std) | no tumor left |",
              "| --- | --- | ---: | ---: | ---: | --- |"]
     for case, phases in record["cases"].items():
@@ -136,19 +138,22 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
             "-np", str(s.num_processes))
     # CPU demo: the tiny inpainter (seconds) and a third of the default synthesizer's steps, to fit the demo's
     # 30 minutes; the default presets take ~4 and ~37 minutes of one core (docs/decisions.md)
-    inpainter = ["--preset", "gpu"] if big else ["--preset", "tiny", "--epochs", "6"]
-    run.run("inpainter training", "train_inpainter", "-d", dataset, *inpainter)
-    run.run("normal CTs", "inpaint", "-d", dataset)
+    # Every model of arm (c) is trained on nnU-Net fold 0's training cases only (-f 0), so the benchmark's fold-0
+    # job reuses them and none of them has seen a validation or test case (docs/trainer.md). The arguments equal
+    # the benchmark preset's, which is what lets the benchmark find these models finished.
+    preset = BENCHMARK_PRESETS["default" if big else "cpu"]
+    run.run("inpainter training", "train_inpainter", "-d", dataset, "-f", "0", *preset.inpainter_args)
+    run.run("normal CTs", "inpaint", "-d", dataset, "-f", "0")
     if run.done("normal CTs"):
         return
-    bundle = str(_raw(run) / "diff4mm" / "synthesizer")
-    run.run("synthesizer training", "train_synthesizer", "-d", dataset, "-o", bundle,
-            *(["--preset", "gpu"] if big else ["--preset", "default", "--epochs", "20"]))
-    run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "-n", "4", "-o",
-            str(s.output / "synthetic"))
+    bundle = str(_raw(run) / "diff4mm" / "synthesizer_fold0")
+    run.run("synthesizer training", "train_synthesizer", "-d", dataset, "-f", "0", *preset.synthesizer_args)
+    run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "-n", "4", "--normal",
+            str(_raw(run) / "diff4mm" / "normal_fold0"), "-o", str(s.output / "synthetic"))
+    # fraction 1 only: a smaller fraction is another fold entry and would train a second inpainter and bundle
     run.run("benchmark", "benchmark", "-d", dataset, "--phantom", phantom, "-o", str(s.output / "benchmark"),
-            "--preset", "default" if big else "cpu", "--fractions", "0.5", "1.0", "--nsd-tolerance-mm",
-            str(max(s.spacing)), "-np", str(s.num_processes))
+            "--preset", preset.name, "--fractions", "1.0", "--nsd-tolerance-mm", str(max(s.spacing)),
+            "-np", str(s.num_processes))
 
 
 def _write_report(run: DemoRun) -> Path:
@@ -176,7 +181,7 @@ def _write_report(run: DemoRun) -> Path:
         lines += ["## Benchmark against nnU-Net (stage 4)", "", summary, ""]
     montages = sorted((out / "qa").glob("*.png"))
     montages += sorted((_raw(run) / "diff4mm" / "registration").glob("*/montage.png"))[:2]
-    montages += sorted((_raw(run) / "diff4mm" / "normal" / "qa").glob("*.png"))[:2]
+    montages += sorted((_raw(run) / "diff4mm" / "normal_fold0" / "qa").glob("*.png"))[:2]
     montages += sorted((out / "synthetic" / "montages").glob("*.png"))[:2]
     if montages:
         lines += ["", "## QA montages", ""] + [f"![{p.parent.name}/{p.stem}]({os.path.relpath(p, out)})"

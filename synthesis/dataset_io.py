@@ -143,8 +143,11 @@ def load_training_cases(dataset_dir, cases: list[str] | None = None, normal_dir=
 
 
 def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int = 0, progress: bool = True,
-                       montage_fn: Callable | None = None) -> list[str]:
+                       montage_fn: Callable | None = None, normal_dir=None) -> list[str]:
     """Write `count` synthetic cases (normal CT of source case i % n + random tumors) in nnU-Net raw layout.
+
+    Sources: every labelled case, with its normal CT in DATASET/diff4mm/normal; or, with `normal_dir` (e.g. a
+    fold's normal_foldF), the labelled cases that have a normal CT there.
 
     Case i is drawn from np.random.default_rng([seed, i]), so any case can be (re)made alone: a re-run keeps
     finished cases (label written last) and completes the rest. `montage_fn(phases, label, path, title=...)`
@@ -156,15 +159,20 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
     data = read_dataset_json(dataset_dir)
     phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
     synthesizer.bundle.check_phases(phases, where=f"dataset {dataset_dir.name}")
+    normal = Path(normal_dir) if normal_dir is not None else dataset_dir / NORMAL_SUBDIR
     sources = labelled_cases(dataset_dir)
+    if normal_dir is not None:
+        sources = [c for c in sources if (normal / "labelsTr" / f"{c}{ending}").is_file()]
+        if not sources:
+            raise DatasetError(f"{normal / 'labelsTr'}: no normal CT of a labelled case; run diff4mm_inpaint")
     for name in sources:  # fail before writing anything
-        missing = [f for f in (*_phase_files(dataset_dir / NORMAL_SUBDIR / "imagesTr", name, len(phases), ending),
-                               dataset_dir / NORMAL_SUBDIR / "labelsTr" / f"{name}{ending}") if not f.is_file()]
+        missing = [f for f in (*_phase_files(normal / "imagesTr", name, len(phases), ending),
+                               normal / "labelsTr" / f"{name}{ending}") if not f.is_file()]
         if missing:
             raise DatasetError(f"{missing[0]}: missing normal (tumor-free) CT of {name}; run diff4mm_inpaint on "
                                "this dataset first")
     settings = {"bundle": str(Path(synthesizer.bundle.path).resolve()), "seed": seed,
-                "source_dataset": str(dataset_dir.resolve())}
+                "source_dataset": str(dataset_dir.resolve()), "normal_dir": str(normal.resolve())}
     record_path = out_dir / "synthesis.json"
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
@@ -185,13 +193,13 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
         label_path = out_dir / "labelsTr" / f"{name}{ending}"
         if label_path.is_file():
             continue
-        _, normal, label, liver = load_case(dataset_dir, source)
-        normal_hu = np.stack([sitk.GetArrayFromImage(normal[p]).astype(np.float32) for p in phases])
+        _, normal_ct, label, liver = load_case(dataset_dir, source, normal_dir=normal)
+        normal_hu = np.stack([sitk.GetArrayFromImage(normal_ct[p]).astype(np.float32) for p in phases])
         liver_mask = sitk.GetArrayFromImage(liver) > 0
         image, syn_label = synthesizer(normal_hu, label.GetSpacing(), liver_mask, np.random.default_rng([seed, i]))
         images = {}
         for k, p in enumerate(phases):
-            ref = normal[p]
+            ref = normal_ct[p]
             arr = image[k]
             if ref.GetPixelID() in (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkUInt16):
                 arr = np.rint(arr).astype(sitk.GetArrayViewFromImage(ref).dtype)

@@ -419,6 +419,19 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
     img = sitk.ReadImage(str(out / "imagesTr" / "syn_0000_0002.nii.gz"))
     assert lab.GetSize() == img.GetSize() and set(np.unique(sitk.GetArrayFromImage(lab))) == {0, 1, 2}
 
+    # --normal: only the labelled cases with a normal CT in that folder (a fold's normal_foldF) are painted into
+    fold_normal = tmp_path / "normal_fold9"
+    source = raw / "Dataset990_SynTest" / "diff4mm" / "normal"
+    for sub in ("imagesTr", "labelsTr"):
+        (fold_normal / sub).mkdir(parents=True)
+        for f in (source / sub).glob("case_001*"):
+            shutil.copy(f, fold_normal / sub / f.name)
+    assert synthesize_cli.main([str(bundle), "-d", "990", "-n", "2", "-o", str(tmp_path / "syn_fold"), "--normal",
+                                str(fold_normal), "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "syn_fold" / "synthesis.json").read_text(encoding="utf-8"))
+    assert [c["source"] for c in record["cases"]] == ["case_001", "case_001"]
+    assert record["normal_dir"] == str(fold_normal.resolve())
+
     other = raw / "Dataset991_NoNormal"
     (other / "labelsTr").mkdir(parents=True)
     shutil.copy(raw / "Dataset990_SynTest" / "dataset.json", other / "dataset.json")

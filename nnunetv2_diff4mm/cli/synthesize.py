@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="source dataset id or name (its diff4mm/normal/ CTs are used)")
     parser.add_argument("-n", "--num-cases", type=int, required=True, metavar="N", help="synthetic cases to write")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
+    parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
+                        help="paint into the normal CTs of this folder (e.g. DATASET/diff4mm/normal_fold0), those of "
+                             "labelled cases it holds (default: DATASET/diff4mm/normal, every labelled case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: auto")
     return parser
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset_dir = resolve_raw_dataset(args.dataset)
         synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
         names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
-                                   montage_fn=montage)
+                                   montage_fn=montage, normal_dir=args.normal)
     except (DatasetError, BundleError, ValueError, RuntimeError) as err:
         print(f"{PROG}: error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 1
