@@ -8,27 +8,41 @@ raw dataset.
                                                               phases and reference under "diff4mm"
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/registration/         settings.json (what made the dataset),
         <case>/<PHASE>.tfm, montage.png, qa.json (written last: the case is finished), summary.csv
+    $nnUNet_raw/DatasetXXX_NAME/.diff4mm_register.lock        while a run writes the dataset (pid, host)
 The reference grid is kept as it is (no crop): nnU-Net crops and resamples itself, and predictions come back on
 the grid the user's reference phase has. Every case is validated before anything is written.
+
+Resuming is keyed on content: a case's qa.json records the sha256 of every input file it was made from and the
+settings (``input_key``); a re-run registers again exactly the cases whose inputs changed (moving a case between
+imagesTs and imagesTr when its label appeared or went), removes the outputs of cases gone from the input, and
+rewrites dataset.json. Every registered phase is checked for plausibility (:func:`flag_reasons`); flagged phases
+are listed in qa.json and summary.csv and stop the stage (:class:`RegistrationFlaggedError`) unless allowed.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
 import re
 import shutil
+import socket
 import sys
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from .image_io import write_image_atomic
-from .inputs import (DEFAULT_PHASES, DEFAULT_REFERENCE, CaseFiles, InputError, _display, _first_line, load_case,
-                     read_image, validate_dataset)
+from .inputs import (DEFAULT_PHASES, DEFAULT_REFERENCE, CaseFiles, InputError, _display, _first_line,
+                     case_input_digests, load_case, read_image, validate_dataset)
 from .register import RegistrationSettings, prepare_fixed, register_phase, resample_to_reference
 
 FORMAT_VERSION = 1
@@ -38,7 +52,17 @@ ROOT_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 # What diff4mm_register owns in a dataset folder (besides the imagesTs files of its own cases): --overwrite
 # replaces exactly these. nnU-Net trains on every file of imagesTr/labelsTr, so those are replaced whole.
 OWN_FOLDERS = ("imagesTr", "labelsTr")
-OWN_FILES = ("dataset.json", ".dataset.json.tmp")
+OWN_FILES = ("dataset.json",)
+OWN_TEMP_FILES = re.compile(r"\.dataset\.json\.[0-9a-f]{32}\.tmp")  # a run killed while writing dataset.json
+LOCK_NAME = ".diff4mm_register.lock"
+# Registration QA (measured on phantom cases, docs/decisions.md): a phase is flagged when its final similarity
+# to the reference (register.similarity: Mattes MI over the reference's MI with itself, in the liver mask) is
+# below MIN_SIMILARITY, or when less than MIN_REGION_INSIDE of the reference liver maps inside the phase's scan.
+# Registered phantom phases: similarity 0.54-0.73, inside fraction >= 0.99; a phase whose header origin is
+# 100-200 mm off: similarity 0.02-0.17.
+MIN_SIMILARITY = 0.3
+MIN_REGION_INSIDE = 0.5
+FLAGGED_EXIT_CODE = 3
 # Later stages' outputs inside the dataset folder (every other entry of diff4mm/): made from a registration, kept
 # by --overwrite with a warning. Named here for the warning; per-fold variants (normal_fold0, ...) are matched by
 # their prefix.
@@ -53,6 +77,19 @@ class DatasetExistsError(InputError):
     """The target dataset folder holds something else (another input, other settings, another dataset)."""
 
 
+class DatasetLockedError(InputError):
+    """Another diff4mm_register run is writing this dataset (its lock file is held)."""
+
+
+class RegistrationFlaggedError(Exception):
+    """Some registered phases are implausible (see :func:`flag_reasons`); everything but dataset.json was
+    written. ``flagged``: {case: [reason, ...]}."""
+
+    def __init__(self, message: str, flagged: dict[str, list[str]]):
+        super().__init__(message)
+        self.flagged = flagged
+
+
 @dataclass(frozen=True)
 class Job:
     case: CaseFiles
@@ -61,6 +98,118 @@ class Job:
     reference: str
     settings: dict
     montage: bool
+    inputs: dict | None = None  # case_input_digests of the case
+    input_key: str | None = None  # what the case's outputs are made from (see _input_key)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file of a unique name (two processes never share one) and rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ lock
+
+
+def _lock_holder(fd: int) -> dict | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
+    if not data.strip():
+        return None  # just created
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        holder = None
+    return holder if isinstance(holder, dict) else {"pid": "?", "host": "?"}
+
+
+def _held_message(path: Path, holder: dict | None) -> str:
+    holder = holder or {}
+    since = f" since {holder['started']}" if holder.get("started") else ""
+    return (f"{path}: held by pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}: another "
+            "diff4mm_register is writing this dataset; wait for it to finish, or choose another -d/-n")
+
+
+def check_unlocked(folder: Path) -> None:
+    """DatasetLockedError if a run holds ``folder``'s lock now (read-only: creates nothing)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        raise DatasetLockedError(_held_message(path, holder)) from None
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def dataset_lock(folder: Path) -> Iterator[Path]:
+    """Hold ``folder/.diff4mm_register.lock`` (created with ``folder`` if needed) for the block.
+
+    The lock is fcntl.flock on that file, which the kernel releases when its holder dies; the file holds the
+    holder's pid, host and start time for messages. Held by another process: DatasetLockedError naming the file
+    and the pid. Left behind by a run on this host that died (not locked, still filled in): taken over with a
+    warning. Left by a run on another host (flock may not reach across machines): refused, the message says to
+    delete it if nothing runs there. On leaving, the file is removed, and ``folder`` too if this created it and
+    it is empty.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    host = socket.gethostname()
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise DatasetLockedError(_held_message(path, holder)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and flock: lock the new one
+    try:
+        previous = _lock_holder(fd)
+        if previous is not None:
+            if previous.get("host") != host:
+                raise DatasetLockedError(
+                    f"{path}: left by pid {previous.get('pid', '?')} on host {previous.get('host', '?')}, another "
+                    "machine, so whether that run still writes this dataset cannot be told from here; delete the "
+                    "lock file if no diff4mm_register runs there")
+            print(f"warning: {path}: stale lock of pid {previous.get('pid', '?')} on this host (that run ended "
+                  "without releasing it), taken over", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": host,
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode("utf-8"))
+        yield path
+    finally:
+        try:
+            if os.fstat(fd).st_size and _lock_holder(fd).get("pid") == os.getpid():
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        if created:
+            try:
+                folder.rmdir()  # only if empty: nothing was written
+            except OSError:
+                pass
 
 
 def dataset_folder(nnunet_raw, dataset_id: int, name: str) -> Path:
@@ -116,6 +265,9 @@ def _clear_own_outputs(target: Path, old_phases: int | None) -> None:
             tests.rmdir()
     for entry in (*OWN_FOLDERS, *OWN_FILES, QA_SUBFOLDER):
         _remove(target / entry)
+    for entry in target.iterdir():
+        if OWN_TEMP_FILES.fullmatch(entry.name):
+            _remove(entry)
     derived = target / QA_SUBFOLDER.parent
     for entry in sorted(e for e in derived.iterdir() if not e.name.startswith('.')) if derived.is_dir() else []:
         what = next((w for stem, w in LATER_STAGES.items() if entry.name.startswith(stem)), "output of a later stage")
@@ -138,7 +290,7 @@ def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dic
                                          "another -d/-n")
             phases = stored.get("phases")
             _clear_own_outputs(target, len(phases) if isinstance(phases, list) else None)
-    elif target.exists() and any(target.iterdir()):
+    elif target.exists() and any(p.name != LOCK_NAME for p in target.iterdir()):
         if not overwrite:
             raise DatasetExistsError(f"{target}: exists and was not written by diff4mm_register; pass --overwrite "
                                      "to replace it, or choose another -d/-n")
@@ -146,14 +298,77 @@ def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dic
     return target
 
 
+def flag_reasons(record: dict) -> list[str]:
+    """Why the registered phases of a case's QA record are implausible, one "PHASE: reason" each (empty: none).
+
+    A phase is flagged when its similarity to the reference (register.similarity) is below MIN_SIMILARITY or
+    less than MIN_REGION_INSIDE of the reference's liver (or body) region maps inside its scan: registration
+    did not find the liver (e.g. a header origin far off), and the phase's output is not aligned."""
+    reasons = []
+    for phase, qa in record.get("phases", {}).items():
+        if qa.get("reference"):
+            continue
+        why = []
+        similarity = qa.get("similarity")
+        if similarity is not None and similarity < MIN_SIMILARITY:
+            why.append(f"similarity to the reference {similarity:.2f} < {MIN_SIMILARITY}")
+        inside = qa.get("region_inside_fraction")
+        if inside is not None and inside < MIN_REGION_INSIDE:
+            why.append(f"only {100 * inside:.0f} % of the reference {record.get('mask', 'liver')} region maps "
+                       f"inside the phase's scan (< {100 * MIN_REGION_INSIDE:.0f} %)")
+        if why:
+            reasons.append(f"{phase}: " + " and ".join(why))
+    return reasons
+
+
+def _input_key(inputs: dict[str, str], fingerprint: dict, labelled: bool) -> str:
+    """What a case's outputs are made from: its input files' content and everything in the dataset fingerprint
+    that changes a registration (not the input folder's path)."""
+    made_from = {"inputs": inputs, "labelled": labelled,
+                 **{k: v for k, v in fingerprint.items() if k != "input"}}
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _case_outputs(dataset: Path, case: str, phases: int) -> list[Path]:
+    """Every file diff4mm_register may have written for ``case``, in either split (temporary files included),
+    and its QA folder."""
+    out = [dataset / QA_SUBFOLDER / case, dataset / "labelsTr" / f"{case}.nii.gz"]
+    names = [f"{case}_{k:04d}.nii.gz" for k in range(phases)]
+    for split in ("imagesTr", "imagesTs"):
+        out += [dataset / split / n for n in names]
+    for folder, pattern in (("imagesTr", r"_\d{4}"), ("imagesTs", r"_\d{4}"), ("labelsTr", "")):
+        tmp = re.compile(r"\.tmp-[0-9a-f]{32}-" + re.escape(case) + pattern + r"\.nii\.gz")
+        if (dataset / folder).is_dir():
+            out += [f for f in (dataset / folder).iterdir() if tmp.fullmatch(f.name)]
+    return out
+
+
+def _remove_case_outputs(dataset: Path, case: str, phases: int) -> None:
+    for path in _case_outputs(dataset, case, phases):
+        _remove(path)
+
+
+def _load_record(qa_file: Path) -> dict | None:
+    try:
+        record = json.loads(qa_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _changed(old: dict | None, new: dict) -> str:
+    """The input files that differ between two case_input_digests, for a message."""
+    if not isinstance(old, dict):
+        return ""
+    names = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    return f" ({', '.join(names)})" if names else ""
+
+
 def _register_case(job: Job) -> dict:
     """Register, resample and write one case; returns its QA record."""
     case = job.case
     dataset = Path(job.dataset_dir)
     qa_dir = dataset / QA_SUBFOLDER / case.name
-    qa_file = qa_dir / "qa.json"
-    if qa_file.is_file():
-        return json.loads(qa_file.read_text(encoding="utf-8"))
     split = "imagesTr" if case.is_labelled else "imagesTs"
     written = [dataset / split / f"{case.name}_{k:04d}.nii.gz" for k in range(len(job.phases))]
     if case.is_labelled:
@@ -200,8 +415,12 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
             record["phases"][phase] = {"reference": True}
         else:
             result = register_phase(setup, images[phase], masks.get(phase), settings)
-            sitk.WriteTransform(result.transform, str(qa_dir / f".{phase}.tfm.tmp.tfm"))
-            os.replace(qa_dir / f".{phase}.tfm.tmp.tfm", qa_dir / f"{phase}.tfm")
+            tmp = qa_dir / f".{phase}.{uuid.uuid4().hex}.tmp.tfm"  # ITK picks the writer by the extension
+            try:
+                sitk.WriteTransform(result.transform, str(tmp))
+                os.replace(tmp, qa_dir / f"{phase}.tfm")
+            finally:
+                tmp.unlink(missing_ok=True)
             out = resample_to_reference(images[phase], fixed, result.transform)
             record["phases"][phase] = result.qa
         registered[phase] = out
@@ -214,9 +433,10 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
         from nnunetv2_diff4mm.visualization import montage  # QA only; registration itself never needs it
 
         montage(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
-    tmp = qa_dir / ".qa.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, qa_file)
+    record["flagged"] = flag_reasons(record)
+    record["inputs"] = job.inputs
+    record["input_key"] = job.input_key
+    _write_text_atomic(qa_file, json.dumps(record, indent=1))
     return record
 
 
@@ -228,12 +448,14 @@ def _init_worker() -> None:
 def _summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
+        flagged = {reason.split(":", 1)[0]: reason.split(": ", 1)[1] for reason in r.get("flagged", [])}
         for phase, qa in r["phases"].items():
             if qa.get("reference"):
                 continue
             row = {"case": r["case"], "phase": phase, "mask": r["mask"], "seconds": qa.get("seconds"),
                    "metric_initial": qa.get("metric_initial"), "metric_final": qa.get("metric_final"),
-                   "displacement_mean_mm": qa.get("displacement_mean_mm")}
+                   "similarity": qa.get("similarity"), "region_inside_fraction": qa.get("region_inside_fraction"),
+                   "displacement_mean_mm": qa.get("displacement_mean_mm"), "flagged": flagged.get(phase, "")}
             for stage in qa.get("stages", [])[1:]:
                 row[f"{stage['stage']}_metric"] = stage.get("metric_after")
             rows.append(row)
@@ -243,12 +465,18 @@ def _summary_rows(records: list[dict]) -> list[dict]:
 def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, phases=DEFAULT_PHASES,
                              reference: str = DEFAULT_REFERENCE, num_processes: int = 1, overwrite: bool = False,
                              settings: RegistrationSettings = RegistrationSettings(), montages: bool = True,
-                             progress: bool = True, other_roots: Sequence[tuple[str, Path]] = ()) -> Path:
+                             progress: bool = True, other_roots: Sequence[tuple[str, Path]] = (),
+                             allow_failed: bool = False) -> Path:
     """Validate, register and write the whole dataset (resumable); returns the dataset folder.
 
     ``other_roots``: (name, folder) of further nnU-Net roots (nnUNet_preprocessed, nnUNet_results; see
     :func:`nnunet_roots_from_env`) in which the dataset ID must not belong to another dataset name.
     ``overwrite`` replaces only this stage's outputs of an existing dataset (see :func:`_clear_own_outputs`).
+    A re-run redoes the cases whose input content changed and removes those gone from the input, one line on
+    stdout per such action. The dataset folder is locked for the run (:func:`dataset_lock`). Phases whose
+    registration is implausible (:func:`flag_reasons`) get one warning line each on stderr; then, unless
+    ``allow_failed``, RegistrationFlaggedError is raised after every case and QA file is written but before
+    dataset.json (an existing one is removed), so nnU-Net cannot plan on a dataset with misaligned phases.
     """
     from tqdm import tqdm
 
@@ -258,28 +486,100 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
     nnunet_raw = Path(nnunet_raw)
     _check_id_free(nnunet_raw, dataset_id, name, other_roots)  # cheap, read-only: before reading every case
+    check_unlocked(dataset_folder(nnunet_raw, dataset_id, name))  # a run is writing it: say so before validating
     cases = validate_dataset(input_dir, phases, reference, num_processes,  # fails before anything is written
                              body_threshold_hu=settings.body_threshold_hu)
     fingerprint = {"format_version": FORMAT_VERSION, "input": str(Path(input_dir).resolve()),
                    "phases": list(phases), "reference": reference, "settings": settings.to_json()}
-    target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
-    (target / QA_SUBFOLDER).mkdir(parents=True, exist_ok=True)
-    settings_file = target / QA_SUBFOLDER / "settings.json"
+    with dataset_lock(dataset_folder(nnunet_raw, dataset_id, name)):
+        # Under the lock: another run may have made a DatasetXXX_<other name> since the check above.
+        _check_id_free(nnunet_raw, dataset_id, name, other_roots)
+        target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
+        return _write_locked(target, cases, name, fingerprint, num_processes, montages, progress, allow_failed,
+                             tqdm)
+
+
+def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: dict, num_processes: int,
+                  montages: bool, progress: bool, allow_failed: bool, tqdm) -> Path:
+    """:func:`write_registered_dataset`'s work once the dataset folder is locked and checked."""
+    phases, reference = fingerprint["phases"], fingerprint["reference"]
+    qa_root = target / QA_SUBFOLDER
+    qa_root.mkdir(parents=True, exist_ok=True)
+    settings_file = qa_root / "settings.json"
     if not settings_file.is_file():
-        settings_file.write_text(json.dumps(fingerprint, indent=1), encoding="utf-8")
-    jobs = [Job(c, str(target), tuple(phases), reference, fingerprint["settings"], montages) for c in cases]
-    records = []
-    bar = tqdm(total=len(jobs), desc="registering cases", unit="case", disable=not progress)
+        _write_text_atomic(settings_file, json.dumps(fingerprint, indent=1))
+    current = {c.name for c in cases}
+    for old in sorted(p.name for p in qa_root.iterdir() if p.is_dir()):
+        if old not in current:
+            _remove_case_outputs(target, old, len(phases))
+            print(f"{old}: gone from the input, its outputs removed")
+    done: dict[str, dict] = {}
+    jobs, actions = [], {}
+    for case in cases:
+        inputs = case_input_digests(case)
+        key = _input_key(inputs, fingerprint, case.is_labelled)
+        split = "imagesTr" if case.is_labelled else "imagesTs"
+        qa_file = qa_root / case.name / "qa.json"
+        old = _load_record(qa_file) if qa_file.is_file() else None
+        if old is not None and old.get("input_key") == key:
+            old["flagged"] = flag_reasons(old)
+            done[case.name] = old
+            continue
+        if old is not None:
+            if old.get("split") != split:
+                labelled = "now labelled" if case.is_labelled else "no longer labelled"
+                actions[case.name] = f"{case.name}: {labelled}, moved {old.get('split')} -> {split} (re-registered)"
+            elif old.get("input_key") is None:
+                actions[case.name] = (f"{case.name}: registered by an older diff4mm_register that kept no record of "
+                                      "its inputs, re-registered")
+            else:
+                actions[case.name] = f"{case.name}: input changed{_changed(old.get('inputs'), inputs)}, re-registered"
+        _remove_case_outputs(target, case.name, len(phases))  # a changed, moved or unfinished case starts clean
+        jobs.append(Job(case, str(target), tuple(phases), reference, fingerprint["settings"], montages, inputs, key))
+    bar = tqdm(total=len(cases), initial=len(done), desc="registering cases", unit="case",
+               disable=not progress)
+
+    def finished(record: dict) -> None:
+        done[record["case"]] = record
+        if record["case"] in actions:
+            tqdm.write(actions[record["case"]], file=sys.stdout)
+        bar.update()
+
     if num_processes > 1 and len(jobs) > 1:
         with mp.get_context("spawn").Pool(num_processes, initializer=_init_worker) as pool:
             for record in pool.imap(_register_case, jobs):
-                records.append(record)
-                bar.update()
+                finished(record)
     else:
         for job in jobs:
-            records.append(_register_case(job))
-            bar.update()
+            finished(_register_case(job))
     bar.close()
+    records = [done[c.name] for c in cases]
+    rows = _summary_rows(records)
+    summary = qa_root / "summary.csv"
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _write_text_atomic(summary, buffer.getvalue())
+    else:
+        summary.unlink(missing_ok=True)
+    flagged = {r["case"]: r["flagged"] for r in records if r.get("flagged")}
+    for case, reasons in flagged.items():
+        for reason in reasons:
+            montage = qa_root / case / "montage.png"
+            see = f"{montage} and {summary}" if montage.is_file() else str(summary)
+            print(f"warning: {case} {reason}: registration failed, the phase is not aligned; see {see}",
+                  file=sys.stderr)
+    if flagged and not allow_failed:
+        (target / "dataset.json").unlink(missing_ok=True)  # nnU-Net must not plan on misaligned phases
+        n = sum(len(v) for v in flagged.values())
+        raise RegistrationFlaggedError(
+            f"{n} phase{'s' * (n != 1)} of {len(flagged)} case{'s' * (len(flagged) != 1)} "
+            f"({', '.join(flagged)}) failed the registration QA (listed above and in {summary}); dataset.json not "
+            "written: fix or leave out those cases and re-run (only they are redone), or pass --allow-failed to "
+            "write the dataset with them", flagged)
     labelled = [c for c in cases if c.is_labelled]
     dataset_json = {
         "name": name,
@@ -290,14 +590,5 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         "file_ending": ".nii.gz",
         "diff4mm": {"phases": list(phases), "reference": reference, "format_version": FORMAT_VERSION},
     }
-    tmp = target / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(dataset_json, indent=1), encoding="utf-8")
-    os.replace(tmp, target / "dataset.json")
-    rows = _summary_rows(records)
-    if rows:
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        with open(target / QA_SUBFOLDER / "summary.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+    _write_text_atomic(target / "dataset.json", json.dumps(dataset_json, indent=1))
     return target

@@ -52,6 +52,11 @@ def run_cli(name: str, *args, env: dict | None = None) -> subprocess.CompletedPr
                           env={**os.environ, **(env or {})})
 
 
+def messages(result: subprocess.CompletedProcess) -> list[str]:
+    """stderr lines without the progress bar."""
+    return [ln for ln in result.stderr.splitlines() if ln.strip() and "registering cases" not in ln]
+
+
 def cut(path: Path, fraction: float) -> None:
     os.truncate(path, int(path.stat().st_size * fraction))
 
@@ -282,3 +287,146 @@ def test_a_registration_failure_is_one_line_and_leaves_no_partial_case(phantom, 
     target = tmp_path / "raw" / "Dataset509_Net"
     assert not list((target / "imagesTr").glob("case_000_*")) if (target / "imagesTr").exists() else True
     assert not (target / "diff4mm" / "registration" / "case_000").exists()
+
+
+# ------------------------------------------------------------------------------------------ 6. resume by content
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_resume_redoes_exactly_the_cases_whose_inputs_changed(phantom, tmp_path, capsys):
+    data = copy_input(phantom, tmp_path / "in")
+    shutil.copytree(phantom / "case_000", data / "case_001")
+    raw = tmp_path / "raw"
+
+    def run() -> list[str]:
+        capsys.readouterr()
+        write_registered_dataset(data, 511, "Resume", raw, settings=FAST, montages=False, progress=False)
+        return capsys.readouterr().out.splitlines()
+
+    assert run() == []
+    target = raw / "Dataset511_Resume"
+    qa = target / "diff4mm" / "registration"
+    before = {p.name: p.stat().st_mtime_ns for p in (target / "imagesTr").iterdir()}
+    ap_before = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / "case_000_0001.nii.gz")))
+    # Same file names, same sizes on disk would not matter: only the content counts.
+    rewrite(data / "case_000" / "AP.nii.gz", lambda a, im: like(a + 100, im))
+    shutil.rmtree(data / "case_001")
+    shutil.copy(phantom / "ground_truth" / "test_000" / "label.nii.gz", data / "test_000" / "label.nii.gz")
+    assert run() == ["case_001: gone from the input, its outputs removed",
+                     "case_000: input changed (AP.nii.gz), re-registered",
+                     "test_000: now labelled, moved imagesTs -> imagesTr (re-registered)"]
+    assert _files(target / "imagesTr") == [f"{c}_{k:04d}.nii.gz" for c in ("case_000", "test_000") for k in range(4)]
+    assert _files(target / "labelsTr") == ["case_000.nii.gz", "test_000.nii.gz"]
+    assert _files(target / "imagesTs") == []
+    assert sorted(p.name for p in qa.iterdir() if p.is_dir()) == ["case_000", "test_000"]
+    assert json.loads((target / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 2
+    ap_after = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "imagesTr" / "case_000_0001.nii.gz")))
+    assert np.mean(ap_after) > np.mean(ap_before) + 50  # the new AP, not the stale one
+    record = json.loads((qa / "test_000" / "qa.json").read_text(encoding="utf-8"))
+    assert record["split"] == "imagesTr" and record["mask"] == "liver" and "label.nii.gz" in record["inputs"]
+    assert {r["case"] for r in __import__("csv").DictReader(open(qa / "summary.csv", encoding="utf-8"))} == \
+        {"case_000", "test_000"}
+    # Nothing changed: nothing redone (the unchanged reference phase of case_000 was rewritten only with AP).
+    kept = {p.name: p.stat().st_mtime_ns for p in (target / "imagesTr").iterdir()}
+    assert run() == []
+    assert {p.name: p.stat().st_mtime_ns for p in (target / "imagesTr").iterdir()} == kept
+    assert kept["case_000_0000.nii.gz"] != before["case_000_0000.nii.gz"]
+    # The label goes again: back to imagesTs.
+    (data / "test_000" / "label.nii.gz").unlink()
+    assert run() == ["test_000: no longer labelled, moved imagesTr -> imagesTs (re-registered)"]
+    assert _files(target / "imagesTs") == [f"test_000_{k:04d}.nii.gz" for k in range(4)]
+    assert _files(target / "labelsTr") == ["case_000.nii.gz"]
+    assert json.loads((target / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
+
+
+# ------------------------------------------------------------------------------------------ 7. failed registration
+
+
+def _shift_origin_200mm(a, im):
+    origin = list(im.GetOrigin())
+    origin[0] += 200.0
+    im.SetOrigin(origin)
+    return im
+
+
+def test_a_phase_that_did_not_register_is_flagged_and_stops_the_stage(phantom, tmp_path):
+    data = copy_input(phantom, tmp_path / "in")
+    rewrite(data / "case_000" / "AP.nii.gz", _shift_origin_200mm)
+    raw = tmp_path / "raw"
+    args = (data, "-d", 512, "-n", "Flag", "--nnunet-raw", raw, "--no-montages", "--no-bspline")
+    result = run_cli("register", *args)
+    lines = messages(result)
+    assert result.returncode == 3, result.stderr
+    assert len(lines) == 2 and lines[0].startswith("warning: case_000 AP: similarity to the reference "), lines
+    assert "registration failed" in lines[0] and lines[1].startswith("diff4mm_register: error: 1 phase of 1 case")
+    target = raw / "Dataset512_Flag"
+    assert not (target / "dataset.json").exists()  # nnU-Net cannot plan on it
+    qa = target / "diff4mm" / "registration"
+    rows = list(__import__("csv").DictReader(open(qa / "summary.csv", encoding="utf-8")))
+    flagged = {(r["case"], r["phase"]): r["flagged"] for r in rows}
+    assert flagged.pop(("case_000", "AP")).startswith("similarity to the reference")
+    assert set(flagged.values()) == {""} and len(flagged) == 5  # every other phase of both cases: plausible
+    sims = {(r["case"], r["phase"]): float(r["similarity"]) for r in rows}
+    assert sims[("case_000", "AP")] < 0.2 and min(v for k, v in sims.items() if k != ("case_000", "AP")) > 0.45
+    record = json.loads((qa / "case_000" / "qa.json").read_text(encoding="utf-8"))
+    assert len(record["flagged"]) == 1 and record["flagged"][0].startswith("AP: ")
+    # --allow-failed: the finished cases are kept, the dataset is written whole.
+    result = run_cli("register", *args, "--allow-failed")
+    assert result.returncode == 0, result.stderr
+    assert len(messages(result)) == 1 and messages(result)[0].startswith("warning: case_000 AP: ")
+    assert json.loads((target / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
+    assert _files(target / "imagesTr") == [f"case_000_{k:04d}.nii.gz" for k in range(4)]
+    assert "--allow-failed" in register_cli.build_parser().format_help()
+
+
+# ------------------------------------------------------------------------------------------ 8. lock
+
+
+def test_a_second_run_into_a_locked_dataset_refuses_with_one_line(phantom, tmp_path):
+    from registration.nnunet_raw import LOCK_NAME, dataset_lock
+
+    data = copy_input(phantom, tmp_path / "in", cases=("case_000",))
+    raw = tmp_path / "raw"
+    target = raw / "Dataset513_Lock"
+    with dataset_lock(target) as lock:
+        assert lock == target / LOCK_NAME
+        assert json.loads(lock.read_text(encoding="utf-8"))["pid"] == os.getpid()
+        result = run_cli("register", data, "-d", 513, "-n", "Lock", "--nnunet-raw", raw, "--no-montages",
+                         "--no-bspline")
+        lines = result.stderr.splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert f"{lock}: held by pid {os.getpid()} on host " in lines[0]
+        with pytest.raises(InputError, match="held by pid"):
+            with dataset_lock(target):  # another lock in this very process is refused as well
+                pass
+        assert _files(target) == [LOCK_NAME]  # nothing written by the refused runs
+    assert not target.exists()  # the lock made the folder; empty again, it went with the lock
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(phantom, tmp_path, capsys):
+    import socket
+
+    from registration.nnunet_raw import LOCK_NAME
+
+    data = copy_input(phantom, tmp_path / "in", cases=("case_000",))
+    raw = tmp_path / "raw"
+    target = raw / "Dataset514_Stale"
+    target.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # that process has exited: its lock is stale
+    lock = target / LOCK_NAME
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}), encoding="utf-8")
+    write_registered_dataset(data, 514, "Stale", raw, settings=FAST, montages=False, progress=False)
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: {lock}: stale lock of pid {pid} on this host (that run ended without releasing it), "
+                   "taken over"]
+    assert not lock.exists() and (target / "dataset.json").is_file()
+    # A lock left by another machine cannot be judged from here: refused, nothing written.
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.invalid"}), encoding="utf-8")
+    shutil.rmtree(target / "imagesTr")
+    with pytest.raises(InputError, match=r"left by pid 1 on host elsewhere\.invalid, another machine"):
+        write_registered_dataset(data, 514, "Stale", raw, settings=FAST, montages=False, progress=False)
+    assert lock.exists() and not (target / "imagesTr").exists()

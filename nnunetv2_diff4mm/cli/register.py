@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import SimpleITK as sitk
 
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError
-from registration.nnunet_raw import nnunet_roots_from_env, write_registered_dataset
+from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_SIMILARITY, RegistrationFlaggedError,
+                                     nnunet_roots_from_env, write_registered_dataset)
 from registration.register import RegistrationSettings
 
 from .arg_types import at_least_one
@@ -23,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "for unlabelled cases), and write $nnUNet_raw/DatasetXXX_NAME (imagesTr, labelsTr, imagesTs, "
                     "dataset.json) with per-case QA, transforms and montages under DatasetXXX_NAME/diff4mm/"
                     "registration/. All cases are validated before anything is written; re-running skips "
-                    "finished cases.")
+                    "cases whose input files (by content) and settings are unchanged, redoes changed ones and "
+                    "removes the outputs of cases gone from the input. One run at a time per dataset (a lock "
+                    "file .diff4mm_register.lock in it).")
     parser.add_argument("input_dir", metavar="INPUT_DIR", help="multi-phase input folder (see diff4mm_validate)")
     parser.add_argument("-d", "--dataset-id", type=int, required=True, metavar="ID",
                         help="nnU-Net dataset ID, 1..999, not used by another dataset name in $nnUNet_raw, "
@@ -44,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "dataset.json, diff4mm/registration/); every other file stays, and later stages' "
                              "outputs (diff4mm/normal, diff4mm/inpainter, diff4mm/synthesizer) are kept with a "
                              "warning, as they were made from the old registration")
+    parser.add_argument("--allow-failed", action="store_true",
+                        help="write dataset.json even if the registration QA flags phases (similarity to the "
+                             f"reference below {MIN_SIMILARITY}, or less than {100 * MIN_REGION_INSIDE:.0f} %% of the "
+                             "reference liver inside the phase's scan: the phase was not aligned, e.g. its header "
+                             "origin is far off). Without it such a run writes every case and the QA (flagged "
+                             "phases in summary.csv and qa.json), but no dataset.json, and exits with code "
+                             f"{FLAGGED_EXIT_CODE}")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
     return parser
@@ -62,10 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
                                           args.reference, args.num_processes, args.overwrite, settings,
-                                          montages=not args.no_montages, other_roots=nnunet_roots_from_env())
+                                          montages=not args.no_montages, other_roots=nnunet_roots_from_env(),
+                                          allow_failed=args.allow_failed)
     except InputError as err:
         print(f"diff4mm_register: error: {err}", file=sys.stderr)
         return 1
+    except RegistrationFlaggedError as err:
+        print(f"diff4mm_register: error: {err}", file=sys.stderr)
+        return FLAGGED_EXIT_CODE
     print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
     return 0
 
