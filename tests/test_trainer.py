@@ -44,15 +44,19 @@ def nnunet_env(tmp_path_factory):
     from synthesis.training import train_synthesizer
 
     inpaint_dataset(raw, "median+noise", 8.0, progress=False)
-    _, cases = load_training_cases(raw)
-    train_synthesizer(cases, raw / "diff4mm" / "synthesizer", preset="tiny", device="cpu", progress=False)
+    names, cases = load_training_cases(raw)
+    # the shared bundle learnt from all three cases (a classical fill has no training cases of its own)
+    train_synthesizer(cases, raw / "diff4mm" / "synthesizer", preset="tiny", device="cpu", progress=False,
+                      case_names=names, lineage_cases=[])
     return env, root, raw
 
 
-def _train(env, trainer, *extra, epochs=1):
-    cmd = [str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET), "3d_fullres", "all", "-tr", trainer, "-p", "Diff4MMCPUPlans",
+def _train(env, trainer, *extra, epochs=1, fold="all", check=True):
+    cmd = [str(Path(sys.executable).parent / "nnUNetv2_train"), str(DATASET), "3d_fullres", fold, "-tr", trainer, "-p", "Diff4MMCPUPlans",
            "-device", "cpu", *extra]
     result = subprocess.run(cmd, env={**env, "DIFF4MM_TEST_EPOCHS": str(epochs)}, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    if not check:
+        return result
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout
 
@@ -142,3 +146,37 @@ def test_inline_prefill_keeps_the_trainers_threads_and_status_counts_continue(tm
     status = read_status(tmp_path)
     assert status["produced"] == 3 and status["seconds"] == 1.5
     assert status["error"] and "no_bundle" in status["error"] + status["traceback"]
+
+
+def test_refuses_a_bundle_trained_on_the_folds_validation_cases_and_uses_the_folds_own(nnunet_env):
+    """Fold F must not train with the shared bundle (it learnt from fold F's validation case): one line, exit 1,
+    nothing trained. A bundle trained with `diff4mm_train_synthesizer -f F` on fold F's training cases only is
+    found in synthesizer_foldF and used."""
+    import json
+
+    from nnunetv2_diff4mm.splits import nnunet_default_splits
+
+    env, root, raw = nnunet_env
+    pre = root / "pre" / f"Dataset{DATASET:03d}_Trainer"
+    splits = nnunet_default_splits(["case_000", "case_001", "case_002"])  # 3 folds (nnU-Net needs 5 cases)
+    (pre / "splits_final.json").write_text(json.dumps(splits), encoding="utf-8")
+    fold = next(i for i, s in enumerate(splits) if "case_000" in s["train"])  # case_000 has this phantom's tumor
+    result = _train(env, "Diff4MMTrainer_Test", fold=str(fold), check=False)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Diff4MMTrainer fold {fold}: ") and str(raw / "diff4mm" / "synthesizer") in last
+    assert f"({splits[fold]['val'][0]})" in last and "DIFF4MM_ALLOW_LEAK" in last and f"-f {fold}" in last
+    assert "Traceback" not in result.stderr
+    folder = (root / "res" / f"Dataset{DATASET:03d}_Trainer" / "Diff4MMTrainer_Test__Diff4MMCPUPlans__3d_fullres"
+              / f"fold_{fold}")
+    assert not list(folder.glob("checkpoint_*.pth"))
+
+    cli = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.train_synthesizer", "-d", str(DATASET), "-f",
+                          str(fold), "--preset", "tiny", "--device", "cpu"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    own = raw / "diff4mm" / f"synthesizer_fold{fold}"
+    record = json.loads((own / "diff4mm_bundle.json").read_text(encoding="utf-8"))
+    assert record["training"]["cases"] == sorted(splits[fold]["train"]) == record["training"]["lineage_cases"]
+    out = _train(env, "Diff4MMTrainer_Test", fold=str(fold))
+    assert f"Diff4MM: bundle {own}" in out and "synthesis disabled" not in out
+    assert (folder / "checkpoint_final.pth").is_file()
