@@ -668,7 +668,7 @@ def similarity(metric: float, setup: FixedSetup) -> float | None:
     """A phase's final Mattes MI relative to the reference phase's MI with itself in the same mask (the metric
     is negated MI, so both are negative): 1 = as similar as the reference to itself, 0 = independent. Unlike the
     raw metric it does not depend on the case's entropy, so one threshold serves every case. Measured on the
-    phantom: 0.54-0.73 for every registered phase, 0.02-0.17 for a phase whose header origin is 100-200 mm off
+    phantom: 0.51-0.83 for every registered phase, 0.00-0.23 for a phase whose header origin is 100-200 mm off
     (registration cannot recover it and stays where it started). None if the reference has no information."""
     best = setup.info.get("metric_reference_self")
     if best is None or not best < 0:

@@ -382,6 +382,24 @@ def test_a_phase_that_did_not_register_is_flagged_and_stops_the_stage(phantom, t
     assert "--allow-failed" in register_cli.build_parser().format_help()
 
 
+def test_a_phase_far_less_similar_than_the_others_of_its_case_is_flagged():
+    """The measured figures (docs/decisions.md): a body-mask case whose AP origin was 50 mm off and only partly
+    recovered (MAE 132 HU, its other phases 16 HU) had similarity 0.42 beside 0.79 and 0.76."""
+    from registration.nnunet_raw import flag_reasons
+
+    def record(ap, nc=0.79, delay=0.76, inside=1.0):
+        phases = {p: {"similarity": v, "region_inside_fraction": inside} for p, v in
+                  (("NC", nc), ("AP", ap), ("DELAY", delay))}
+        return {"case": "c", "mask": "body", "phases": {**phases, "PVP": {"reference": True}}}
+
+    assert flag_reasons(record(0.42)) == ["AP: similarity to the reference 0.42 < 0.65 x 0.79 of the case's best "
+                                          "phase"]
+    assert flag_reasons(record(0.60)) == []  # 0.76 x the best: the lowest ratio of a registered phantom case 0.74
+    assert flag_reasons(record(0.53, nc=0.69, delay=0.55)) == []  # affine fixture case: 0.53/0.69 = 0.77
+    assert flag_reasons({"phases": {"AP": {"similarity": 0.42}}}) == []  # one moving phase: absolute test only
+    assert flag_reasons(record(0.7, inside=0.4))[0].endswith("maps inside the phase's scan (< 50 %)")
+
+
 # ------------------------------------------------------------------------------------------ 8. lock
 
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import SimpleITK as sitk
 
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError
-from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_SIMILARITY, RegistrationFlaggedError,
-                                     nnunet_roots_from_env, write_registered_dataset)
+from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_RELATIVE_SIMILARITY, MIN_SIMILARITY,
+                                     RegistrationFlaggedError, nnunet_roots_from_env, write_registered_dataset)
 from registration.register import RegistrationSettings
 
 from .arg_types import at_least_one
@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "warning, as they were made from the old registration")
     parser.add_argument("--allow-failed", action="store_true",
                         help="write dataset.json even if the registration QA flags phases (similarity to the "
-                             f"reference below {MIN_SIMILARITY}, or less than {100 * MIN_REGION_INSIDE:.0f} %% of the "
-                             "reference liver inside the phase's scan: the phase was not aligned, e.g. its header "
-                             "origin is far off). Without it such a run writes every case and the QA (flagged "
+                             f"reference below {MIN_SIMILARITY} or below {MIN_RELATIVE_SIMILARITY} x the case's best "
+                             f"phase, or less than {100 * MIN_REGION_INSIDE:.0f} %% of the reference liver inside the "
+                             "phase's scan: the phase was not aligned, e.g. its header origin is far off). Without "
+                             "it such a run writes every case and the QA (flagged "
                              "phases in summary.csv and qa.json), but no dataset.json, and exits with code "
                              f"{FLAGGED_EXIT_CODE}")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
