@@ -6,10 +6,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, run_benchmark
-from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, EvaluationInputError
-from ..splits import SplitError
+from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkSettings, run_benchmark
+from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM
 from .arg_types import at_least_one, fraction, positive_float
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=2, metavar="N",
                         help="worker processes for preprocessing, data augmentation, inference and evaluation "
                              "(default 2)")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_benchmark")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,11 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_phase=args.reference_phase, nsd_tolerance_mm=args.nsd_tolerance_mm,
         num_processes=args.num_processes, device=args.device, configuration=args.configuration,
         tta=False if args.disable_tta else None)
-    try:
-        summary = run_benchmark(settings)
-    except (BenchmarkError, SplitError, EvaluationInputError, FileNotFoundError) as err:
-        print(f"diff4mm_benchmark: error: {err}", file=sys.stderr)
-        return 1
+    summary = run_benchmark(settings)
     print(f"report: {summary}")
     return 0
 

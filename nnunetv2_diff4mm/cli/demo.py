@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..demo import DemoSettings, run_demo
 from .arg_types import positive_float
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this stage (quick looks); default: run everything")
     parser.add_argument("-np", "--num-processes", type=int, default=d.num_processes, metavar="N",
                         help=f"worker processes (default {d.num_processes})")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_demo")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

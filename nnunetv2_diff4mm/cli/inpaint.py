@@ -6,14 +6,16 @@ import sys
 from collections.abc import Sequence
 
 from synthesis.dataset_io import DatasetError, labelled_cases
-from synthesis.inpainting import CLASSICAL_METHODS, DEFAULT_DILATION_MM, InpaintingError
+from synthesis.inpainting import CLASSICAL_METHODS, DEFAULT_DILATION_MM
 from synthesis.normal_dataset import inpaint_dataset
 
 from .. import conventions
-from ..splits import SplitError, selected_training_cases
+from ..splits import selected_training_cases
 from ..visualization import montage
 from .arg_types import finite_float
 from .case_args import add_case_arguments
+from .errors import add_debug_argument, reported_errors
+from .train_synthesizer import resolve_raw_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,25 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_case_arguments(parser, "inpaint")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo normal CTs that were made with other settings (otherwise refused)")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_inpaint")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        raw = conventions.raw_dataset_folder(args.dataset)
-        if args.cases and not args.output:
-            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
-        source = args.method or args.model or str(conventions.inpainter_folder(raw, args.fold))
-        if args.dilation_mm < 0:
-            raise DatasetError(f"--dilation-mm must be >= 0, got {args.dilation_mm}")
-        out = args.output or conventions.normal_folder(raw, args.fold)
-        cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
-        record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
-                                 cases=cases, out_dir=out)
-    except (DatasetError, InpaintingError, SplitError, RuntimeError, FileNotFoundError) as err:
-        print(f"diff4mm_inpaint: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
+    raw = resolve_raw_dataset(args.dataset)
+    if args.cases and not args.output:
+        raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+    source = args.method or args.model or str(conventions.inpainter_folder(raw, args.fold))
+    if args.dilation_mm < 0:
+        raise DatasetError(f"--dilation-mm must be >= 0, got {args.dilation_mm}")
+    out = args.output or conventions.normal_folder(raw, args.fold)
+    cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
+    record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
+                             cases=cases, out_dir=out)
     failed = [(c, p) for c, phases in record["cases"].items() for p, r in phases.items() if not r["ok"]]
     print(f"{len(record['cases'])} normal cases in {out}; no-tumor check: "
           f"{'passed' if not failed else f'{len(failed)} case-phases still look abnormal: {failed[:5]}'}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, find_cases, load_case
 
 from ..visualization import montage
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,20 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"phases to show, in order (default: {' '.join(DEFAULT_PHASES)})")
     parser.add_argument("--reference", default=DEFAULT_REFERENCE,
                         help=f"phase whose grid is used for display (default: {DEFAULT_REFERENCE})")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_montage")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     case_dir = Path(args.case_dir)
-    try:
-        matches = [c for c in find_cases(case_dir.parent, args.phases, args.reference) if c.name == case_dir.name]
-        if not matches:
-            raise InputError(f"{case_dir}: not a case folder")
-        images, label = load_case(matches[0])
-    except InputError as err:
-        print(f"diff4mm_montage: error: {err}", file=sys.stderr)
-        return 1
+    matches = [c for c in find_cases(case_dir.parent, args.phases, args.reference) if c.name == case_dir.name]
+    if not matches:
+        raise InputError(f"{case_dir}: not a case folder")
+    images, label = load_case(matches[0])
     out = montage(images, label, args.output, title=case_dir.name, reference=args.reference)
     print(out)
     return 0

@@ -5,9 +5,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..phantom import PhantomConfig, PhantomFolderError, write_phantom_dataset
+from ..phantom import PhantomConfig, write_phantom_dataset
 from ..phantom.tissues import MAX_TUMORS
 from .arg_types import finite_float, positive_float
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest cranio-caudal breathing shift of a phase (default 15)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
                         help="cases generated in parallel (default 1)")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_phantom")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,11 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--spacing must be positive, --max-shift-mm >= 0, -np >= 1")
     config = PhantomConfig(seed=args.seed, spacing=tuple(args.spacing), max_tumors=args.max_tumors,
                            max_shift_mm=args.max_shift_mm)
-    try:
-        names = write_phantom_dataset(args.output, config, args.cases, args.test_cases, args.num_processes)
-    except PhantomFolderError as err:
-        print(f"diff4mm_phantom: error: {err}", file=sys.stderr)
-        return 1
+    names = write_phantom_dataset(args.output, config, args.cases, args.test_cases, args.num_processes)
     print(f"{len(names)} phantom cases in {args.output}")
     return 0
 

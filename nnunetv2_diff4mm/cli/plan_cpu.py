@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from ..planning import CPU_PLANS_NAME
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes for fingerprinting and preprocessing (default 2)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip nnU-Net's dataset integrity check (not recommended)")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_plan_cpu")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..planning import plan_and_preprocess_cpu

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 import SimpleITK as sitk
 
-from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError
+from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE
 from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_RELATIVE_SIMILARITY, MIN_SIMILARITY,
                                      RegistrationFlaggedError, nnunet_roots_from_env, write_registered_dataset)
 from registration.register import RegistrationSettings
 
 from .arg_types import at_least_one
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{FLAGGED_EXIT_CODE}")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_register", exit_codes={RegistrationFlaggedError: FLAGGED_EXIT_CODE})
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,17 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = RegistrationSettings()
     if args.no_bspline:
         settings = settings.without_bspline()
-    try:
-        target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
-                                          args.reference, args.num_processes, args.overwrite, settings,
-                                          montages=not args.no_montages, other_roots=nnunet_roots_from_env(),
-                                          allow_failed=args.allow_failed)
-    except InputError as err:
-        print(f"diff4mm_register: error: {err}", file=sys.stderr)
-        return 1
-    except RegistrationFlaggedError as err:
-        print(f"diff4mm_register: error: {err}", file=sys.stderr)
-        return FLAGGED_EXIT_CODE
+    target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
+                                      args.reference, args.num_processes, args.overwrite, settings,
+                                      montages=not args.no_montages, other_roots=nnunet_roots_from_env(),
+                                      allow_failed=args.allow_failed)
     print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
     return 0
 

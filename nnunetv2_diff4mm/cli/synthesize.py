@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.bundle import BundleError
-from synthesis.dataset_io import DatasetError, synthesize_dataset
+from synthesis.dataset_io import synthesize_dataset
 from synthesis.pipeline import Synthesizer
 
 from ..visualization import montage
+from .errors import add_debug_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
 PROG = "diff4mm_synthesize"
@@ -34,22 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "labelled cases it holds (default: DATASET/diff4mm/normal, every labelled case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: auto")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_cases < 1:
         parser.error("-n must be >= 1")
-    try:
-        dataset_dir = resolve_raw_dataset(args.dataset)
-        synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
-        names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
-                                   montage_fn=montage, normal_dir=args.normal)
-    except (DatasetError, BundleError, ValueError, RuntimeError) as err:
-        print(f"{PROG}: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
+    dataset_dir = resolve_raw_dataset(args.dataset)
+    synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
+    names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
+                               montage_fn=montage, normal_dir=args.normal)
     print(f"{len(names)} synthetic cases in {args.output}")
     return 0
 

@@ -6,11 +6,13 @@ import sys
 from collections.abc import Sequence
 
 from synthesis.dataset_io import DatasetError, labelled_cases, load_case, select_cases
-from synthesis.inpainting import PRESETS, InpaintingError, train_inpainter
+from synthesis.inpainting import PRESETS, train_inpainter
 
 from .. import conventions
-from ..splits import SplitError, selected_training_cases
+from ..splits import selected_training_cases
 from .case_args import add_case_arguments
+from .errors import add_debug_argument, reported_errors
+from .train_synthesizer import resolve_raw_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,26 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training device (default auto: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_case_arguments(parser, "train")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_train_inpainter")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        raw = conventions.raw_dataset_folder(args.dataset)
-        if args.cases and not args.output:
-            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
-        out = args.output or str(conventions.inpainter_folder(raw, args.fold))
-        names = select_cases(raw, selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases))
-        cases = []
-        for name in names:
-            target, _, label, _ = load_case(raw, name, normal=False)
-            cases.append((target, label))
-        train_inpainter(cases, out, epochs=args.epochs, device=args.device, seed=args.seed, preset=args.preset,
-                        case_names=names)
-    except (DatasetError, InpaintingError, SplitError, RuntimeError, FileNotFoundError) as err:
-        print(f"diff4mm_train_inpainter: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
+    raw = resolve_raw_dataset(args.dataset)
+    if args.cases and not args.output:
+        raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+    out = args.output or str(conventions.inpainter_folder(raw, args.fold))
+    names = select_cases(raw, selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases))
+    cases = []
+    for name in names:
+        target, _, label, _ = load_case(raw, name, normal=False)
+        cases.append((target, label))
+    train_inpainter(cases, out, epochs=args.epochs, device=args.device, seed=args.seed, preset=args.preset,
+                    case_names=names)
     print(f"inpainter in {out} (trained on {len(names)} cases)")
     return 0
 

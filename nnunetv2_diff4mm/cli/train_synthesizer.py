@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthesis.bundle import BundleError
 from synthesis.dataset_io import DatasetError, dataset_phases, labelled_cases, load_training_cases
 from synthesis.normal_dataset import normal_lineage
 from synthesis.training import PRESETS, train_synthesizer
 
 from .. import conventions
-from ..splits import SplitError, selected_training_cases
+from ..splits import selected_training_cases
 from .case_args import add_case_arguments
+from .errors import add_debug_argument, reported_errors
 
 PROG = "diff4mm_train_synthesizer"
 
@@ -24,7 +24,8 @@ def resolve_raw_dataset(dataset: str) -> Path:
     """`501` or `Dataset501_Name` -> $nnUNet_raw/Dataset501_Name (DatasetError if it does not exist)."""
     raw = os.environ.get("nnUNet_raw")
     if not raw:
-        raise DatasetError("$nnUNet_raw is not set; export nnUNet_raw=/path/to/nnUNet_raw")
+        raise DatasetError("$nnUNet_raw: not set, so no dataset can be found; export nnUNet_raw=/path/to/nnUNet_raw "
+                           "(the folder holding DatasetXXX_Name)")
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     try:
@@ -61,32 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs of each stage (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_case_arguments(parser, "train")
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
-    try:
-        dataset_dir = resolve_raw_dataset(args.dataset)
-        if args.cases and not args.output:
-            raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
-        output = args.output or conventions.bundle_folder(dataset_dir, args.fold)
-        normal = (Path(args.normal) if args.normal else
-                  conventions.fold_or_shared(conventions.normal_folder, dataset_dir, args.fold))
-        selected = selected_training_cases(dataset_dir, labelled_cases(dataset_dir), args.fold, args.cases)
-        names, cases = load_training_cases(dataset_dir, selected, normal)
-        lineage = normal_lineage(normal)
-        bundle = train_synthesizer(cases, output, preset=args.preset, device=args.device, epochs=args.epochs,
-                                   seed=args.seed, case_names=names,
-                                   lineage_cases=sorted(lineage) if lineage is not None else None,
-                                   source={"dataset": dataset_dir.name, "phases": dataset_phases(dataset_dir),
-                                           "normal_dir": normal.name})
-    except (DatasetError, BundleError, SplitError, ValueError, RuntimeError) as err:
-        print(f"{PROG}: error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
+    dataset_dir = resolve_raw_dataset(args.dataset)
+    if args.cases and not args.output:
+        raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
+    output = args.output or conventions.bundle_folder(dataset_dir, args.fold)
+    normal = (Path(args.normal) if args.normal else
+              conventions.fold_or_shared(conventions.normal_folder, dataset_dir, args.fold))
+    selected = selected_training_cases(dataset_dir, labelled_cases(dataset_dir), args.fold, args.cases)
+    names, cases = load_training_cases(dataset_dir, selected, normal)
+    lineage = normal_lineage(normal)
+    bundle = train_synthesizer(cases, output, preset=args.preset, device=args.device, epochs=args.epochs,
+                               seed=args.seed, case_names=names,
+                               lineage_cases=sorted(lineage) if lineage is not None else None,
+                               source={"dataset": dataset_dir.name, "phases": dataset_phases(dataset_dir),
+                                       "normal_dir": normal.name})
     print(f"synthesis bundle: {bundle} (trained on {len(names)} cases)")
     return 0
 

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import SimpleITK as sitk
 
-from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, validate_dataset
+from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, validate_dataset
 
 from .arg_types import at_least_one
+from .errors import add_debug_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-np", "--num-processes", type=at_least_one, default=1, metavar="N",
         help="validate N cases in parallel processes (default: 1)",
     )
+    add_debug_argument(parser)
     return parser
 
 
+@reported_errors("diff4mm_validate")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # ITK prints its own multi-line warnings to stderr; the validator reports problems itself, as one line.
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        cases = validate_dataset(args.input_dir, args.phases, args.reference, args.num_processes)
-    except InputError as err:
-        print(f"diff4mm_validate: error: {err}", file=sys.stderr)
-        return 1
+    cases = validate_dataset(args.input_dir, args.phases, args.reference, args.num_processes)
     labelled = sum(case.is_labelled for case in cases)
     print(f"OK: {len(cases)} cases ({labelled} labelled, {len(cases) - labelled} test) in {args.input_dir}")
     return 0
