@@ -11,12 +11,17 @@
 
 The JSON is written last (atomically), so a folder without it is an unfinished bundle. Loading verifies the
 format version and every hash before any weight is read, and reads weights only from safetensors (no pickle).
+The hashes cover the component folders completely: every file under them must be listed and match, so a file
+dropped from the list, added or edited is refused, not loaded. Saved configs hold no local paths (diffusers'
+``_name_or_path``, set by ``from_pretrained``, is removed first), so a resumed training gives the same bundle
+as an uninterrupted one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -89,6 +94,61 @@ def _versions() -> dict[str, str]:
     return out
 
 
+LOCAL_PATH_KEY = "_name_or_path"  # diffusers' from_pretrained records the folder it read in the config
+
+
+def without_local_path(obj):
+    """Drop ``_name_or_path`` from a diffusers model's/scheduler's config (in place; returns `obj`), so that
+    ``save_pretrained`` writes no local path: a model loaded from a checkpoint and saved again gives the same
+    config.json as one that was never reloaded."""
+    internal = getattr(obj, "_internal_dict", None)
+    if internal is not None and LOCAL_PATH_KEY in internal:
+        from diffusers.configuration_utils import FrozenDict
+
+        obj._internal_dict = FrozenDict({k: v for k, v in internal.items() if k != LOCAL_PATH_KEY})
+    return obj
+
+
+def hash_files(root: Path, folders=None) -> dict[str, str]:
+    """sha256 of every file under `root` (or under its subfolders `folders`), keyed by posix path relative to
+    `root`."""
+    root = Path(root)
+    return {rel: _sha256(root / rel) for rel in _file_names(root, folders)}
+
+
+def _file_names(root: Path, folders=None) -> list[str]:
+    tops = [root / f for f in folders] if folders is not None else [root]
+    return [p.relative_to(root).as_posix() for top in tops for p in sorted(top.rglob("*")) if p.is_file()]
+
+
+def verify_files(root: Path, listed, listing: Path, error: type[Exception] = None, folders=None,
+                 ignore=(), fix: str = "copy it again") -> None:
+    """Raise `error` (default BundleError) unless the files under `root` (or its subfolders `folders`) are exactly
+    those `listed` ({relative path: sha256}, from the manifest `listing`) with those hashes. `ignore`: relative
+    paths not covered (the manifest itself)."""
+    error = error or BundleError
+    root = Path(root)
+    if not isinstance(listed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
+        raise error(f"{listing}: 'files' must map relative paths to sha256 strings, got "
+                    f"{type(listed).__name__}; the manifest is damaged, {fix}")
+    for rel in listed:
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or (folders is not None and (not parts or parts[0] not in folders)):
+            raise error(f"{listing}: lists {rel!r}, which is outside {root}"
+                        f"{' ' + '/, '.join(folders) + '/' if folders is not None else ''}; {fix}")
+    present = {rel for rel in _file_names(root, folders) if rel not in ignore}
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        raise error(f"{root / unlisted[0]}: not listed in {listing.name} (added, or dropped from the list after an "
+                    f"edit){f', and {len(unlisted) - 1} more' if len(unlisted) > 1 else ''}; remove it or {fix}")
+    for rel, digest in listed.items():
+        file = root / rel
+        if not file.is_file():
+            raise error(f"{file}: missing file (listed in {listing.name}); {fix}")
+        if _sha256(file) != digest:
+            raise error(f"{file}: sha256 mismatch with {listing.name} (corrupted or modified); {fix}")
+
+
 def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler, phases,
                 roi: ROISpec, intensity_window_hu, blend_margin_mm: float, ddim_steps: int,
                 mask_distribution: TumorMaskDistribution, training: dict | None = None,
@@ -101,11 +161,12 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
                          "of its training tumors")
     path.mkdir(parents=True, exist_ok=True)
     (path / BUNDLE_JSON).unlink(missing_ok=True)
-    autoencoder.save_pretrained(path / "autoencoder", safe_serialization=True)
-    unet.save_pretrained(path / "unet", safe_serialization=True)
-    scheduler.save_pretrained(path / "scheduler")
-    files = {p.relative_to(path).as_posix(): _sha256(p)
-             for c in COMPONENTS for p in sorted((path / c).rglob("*")) if p.is_file()}
+    for component in COMPONENTS:  # a folder reused from an older bundle may hold files this one does not write
+        shutil.rmtree(path / component, ignore_errors=True)
+    without_local_path(autoencoder).save_pretrained(path / "autoencoder", safe_serialization=True)
+    without_local_path(unet).save_pretrained(path / "unet", safe_serialization=True)
+    without_local_path(scheduler).save_pretrained(path / "scheduler")
+    files = hash_files(path, COMPONENTS)
     config = {
         "format_version": FORMAT_VERSION,
         "phases": list(phases),
@@ -138,7 +199,10 @@ def read_bundle_config(path) -> dict:
     try:
         config = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{json_path}: not valid JSON ({err})") from None
+        raise BundleError(f"{json_path}: not valid JSON ({err}); copy the bundle again or retrain it") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"{json_path}: holds a JSON {type(config).__name__}, not an object; copy the bundle again "
+                          "or retrain it")
     version = config.get("format_version")
     if version not in READABLE_VERSIONS:
         raise BundleError(f"{json_path}: format_version {version!r}, this package reads "
@@ -151,12 +215,8 @@ def read_bundle_config(path) -> dict:
     for component in COMPONENTS:
         if not (path / component).is_dir():
             raise BundleError(f"{path / component}: missing folder of the bundle")
-    for rel, digest in config["files"].items():
-        file = path / rel
-        if not file.is_file():
-            raise BundleError(f"{file}: missing file of the bundle")
-        if _sha256(file) != digest:
-            raise BundleError(f"{file}: sha256 mismatch (corrupted or modified weights); copy the bundle again")
+    verify_files(path, config["files"], json_path, BundleError, folders=COMPONENTS,
+                 fix="copy the bundle again or retrain it")
     for component in ("autoencoder", "unet"):
         if not any(Path(rel).parts[0] == component and rel.endswith(".safetensors") for rel in config["files"]):
             raise BundleError(f"{path / component}: no .safetensors weights listed in {BUNDLE_JSON}")

@@ -46,6 +46,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import cg
 from tqdm import tqdm
 
+from .bundle import hash_files, verify_files, without_local_path
 from .masks import body_mask, dilate_mask_mm, random_liver_blob_masks
 from .models.ffc_inpainter import FFCInpainter
 
@@ -59,6 +60,7 @@ LOSS_FILE = "loss.csv"
 CHECKPOINT_FOLDER = "checkpoints"
 OPTIMIZER_FILE = "optimizer.pt"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+MANIFEST_FILE = "sha256.json"  # in a saved model folder: {"files": {name: sha256}} of every other file there
 FORMAT_VERSION = 1
 ROI_CONTEXT_MM = 30.0  # tissue kept around each hole's bounding box when filling it with the network
 LABEL_LIVER, LABEL_TUMOR = 1, 2
@@ -393,9 +395,10 @@ def _save_model_folder(model: FFCInpainter, folder: Path, extra: dict[str, objec
     """save_pretrained into a hidden staging folder, then rename into place (readers never see half a model)."""
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    without_local_path(model).save_pretrained(staging, safe_serialization=True)
     for name, obj in (extra or {}).items():
         torch.save(obj, staging / name)
+    (staging / MANIFEST_FILE).write_text(json.dumps({"files": hash_files(staging)}, indent=1), encoding="utf-8")
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -408,7 +411,21 @@ def _read_state(out_dir: Path) -> dict | None:
     path = out_dir / STATE_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    fix = f"delete {out_dir} to train afresh, or choose another folder"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InpaintingError(f"{path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not all(
+            k in state for k in ("epochs_done", "checkpoint", "history")):
+        raise InpaintingError(f"{path}: not a train_inpainter training record (settings, epochs_done, checkpoint, "
+                              f"history); {fix}")
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
 
 
 def _check_training_cases(cases) -> list[str]:
@@ -480,15 +497,24 @@ def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoc
         return load_inpainter(out_dir / MODEL_FOLDER, device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    fix = f"delete {out_dir / STATE_FILE} and {out_dir / CHECKPOINT_FOLDER} to train afresh"
     if state["checkpoint"]:
         ckpt = out_dir / state["checkpoint"]
-        model = FFCInpainter.from_pretrained(ckpt / MODEL_FOLDER, use_safetensors=True).to(device)
+        try:
+            model = FFCInpainter.from_pretrained(ckpt / MODEL_FOLDER, use_safetensors=True).to(device)
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+            raise InpaintingError(f"{ckpt / MODEL_FOLDER}: cannot resume from this checkpoint "
+                                  f"({_first_line(err)}); {fix}") from None
     else:
         torch.manual_seed(seed)
         model = FFCInpainter(**preset.model_config(order)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.learning_rate)
     if state["checkpoint"]:
-        optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        try:
+            optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip, EOF and runtime errors alike
+            raise InpaintingError(f"{ckpt / OPTIMIZER_FILE}: cannot resume from this optimizer state "
+                                  f"({_first_line(err)}); {fix}") from None
 
     volumes = [v for v in (_training_volume(ph, lab, order, preset) for ph, lab in cases) if v is not None]
     if not volumes:
@@ -526,7 +552,7 @@ def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoc
         ckpt = out_dir / name
         staging = out_dir / CHECKPOINT_FOLDER / ".partial"
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging / MODEL_FOLDER, safe_serialization=True)
+        without_local_path(model).save_pretrained(staging / MODEL_FOLDER, safe_serialization=True)
         torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
         os.replace(staging, ckpt)
         previous = state["checkpoint"]
@@ -565,6 +591,17 @@ def load_inpainter(path, device: str | torch.device = "cpu") -> FFCInpainter:
         raise InpaintingError(f"{folder}: no trained inpainter ({', '.join(missing)} missing); train one with "
                               "train_inpainter (it writes OUT/model) or use a classical method "
                               f"({', '.join(CLASSICAL_METHODS)})")
+    manifest = folder / MANIFEST_FILE
+    fix = "copy the model folder again or retrain it with train_inpainter"
+    if not manifest.is_file():
+        raise InpaintingError(f"{manifest}: missing, so the weights cannot be checked (saved by an older version "
+                              f"or not by train_inpainter); {fix}")
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InpaintingError(f"{manifest}: not valid JSON ({err}); {fix}") from None
+    verify_files(folder, listed.get("files") if isinstance(listed, dict) else listed, manifest, InpaintingError,
+                 ignore=(MANIFEST_FILE,), fix=fix)
     try:
         model = FFCInpainter.from_pretrained(folder, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, TypeError) as err:

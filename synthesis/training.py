@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .bundle import BUNDLE_JSON, resolve_device, save_bundle
+from .bundle import BUNDLE_JSON, BundleError, resolve_device, save_bundle, without_local_path
 from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
@@ -265,8 +265,43 @@ def _save_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _resume_fix(work: Path) -> str:
+    return f"delete {work} (the interrupted training) to train afresh, or restore the file"
+
+
 def _load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's optimizer/EMA state (weights_only: no pickled code); a missing, truncated or rejected file
+    is a BundleError naming it, not a traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip, EOF and runtime errors alike
+        raise BundleError(f"{path}: cannot resume from it ({_first_line(err)}); "
+                          f"{_resume_fix(path.parent.parent)}") from None
+
+
+def _load_into(target, path: Path) -> None:
+    """optimizer/EMA ``load_state_dict`` from a checkpoint file; a state of another model is a BundleError."""
+    state = _load_state(path)
+    try:
+        target.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
+        raise BundleError(f"{path}: does not fit this model ({_first_line(err)}); "
+                          f"{_resume_fix(path.parent.parent)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+
+
+def _read_json(path: Path, fix: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: str = "auto",
@@ -335,7 +370,11 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     accelerator.wait_for_everyone()
     log = _Log(work / "log.csv", main)
     progress_path = work / "progress.json"
-    state = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.exists() else {"autoencoder": 0, "unet": 0}
+    state = (_read_json(progress_path, _resume_fix(work)) if progress_path.exists()
+             else {"autoencoder": 0, "unet": 0})
+    if not all(isinstance(state.get(k), int) for k in ("autoencoder", "unet")):
+        raise BundleError(f"{progress_path}: needs integer 'autoencoder' and 'unet' epoch counts; "
+                          f"{_resume_fix(work)}")
 
     # ---- data ---------------------------------------------------------------------------------------------
     # one pass over `cases` (which may load each case lazily): keep only the working-spacing volumes and the
@@ -378,7 +417,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     if state["autoencoder"] < preset.ae_epochs:
         optimizer = torch.optim.AdamW(ae.parameters(), lr=preset.ae_lr)
         if state["autoencoder"] > 0:
-            optimizer.load_state_dict(_load_state(ckpt / "autoencoder_optimizer.pt"))
+            _load_into(optimizer, ckpt / "autoencoder_optimizer.pt")
         model, optimizer = accelerator.prepare(ae, optimizer)
         bar = tqdm(total=preset.ae_epochs * preset.ae_steps_per_epoch, initial=state["autoencoder"] *
                    preset.ae_steps_per_epoch, desc="autoencoder", unit="step", disable=not (progress and main))
@@ -403,7 +442,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             val = _ae_validation(accelerator.unwrap_model(model), val_images, accelerator.device)
             state["autoencoder"] = epoch + 1
             if main:
-                accelerator.unwrap_model(model).save_pretrained(ae_dir, safe_serialization=True)
+                without_local_path(accelerator.unwrap_model(model)).save_pretrained(ae_dir, safe_serialization=True)
                 _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
                 _atomic_json(progress_path, state)
                 log.write(stage="autoencoder", epoch=epoch + 1, steps=(epoch + 1) * preset.ae_steps_per_epoch,
@@ -448,12 +487,12 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     ema = EMAModel(unet.parameters(), decay=preset.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=3 / 4)
     if state["unet"] > 0:
-        ema.load_state_dict(_load_state(ckpt / "unet_ema.pt"))
+        _load_into(ema, ckpt / "unet_ema.pt")
     t_unet = time.time()
     if state["unet"] < preset.unet_epochs:
         optimizer = torch.optim.AdamW(unet.parameters(), lr=preset.unet_lr)
         if state["unet"] > 0:
-            optimizer.load_state_dict(_load_state(ckpt / "unet_optimizer.pt"))
+            _load_into(optimizer, ckpt / "unet_optimizer.pt")
         model, optimizer = accelerator.prepare(unet, optimizer)
         ema.to(accelerator.device)
         x0_all, cond_all, mask_all = (x0_of(train_cache), train_cache["normal"] * scaling_factor,
@@ -489,7 +528,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             ema.restore(raw.parameters())
             state["unet"] = epoch + 1
             if main:
-                raw.save_pretrained(unet_dir, safe_serialization=True)
+                without_local_path(raw).save_pretrained(unet_dir, safe_serialization=True)
                 _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
                 _save_state(ckpt / "unet_ema.pt", ema.state_dict())
                 _atomic_json(progress_path, state)
@@ -528,7 +567,7 @@ def _stored_settings(path: Path) -> dict | None:
     values such a run used), so upgrading the package does not make a finished bundle look foreign."""
     if not path.exists():
         return None
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = _read_json(path, f"delete {path.parent.parent} or choose another output folder")
     values = stored.get("preset_values")
     if isinstance(values, dict):
         for field in fields(Preset):
