@@ -153,7 +153,9 @@ def nifti_expected_bytes(header: bytes) -> int | None:
 def _check_nifti(path: Path, compressed: bool) -> None:
     if compressed:
         with open(path, "rb") as fh:
-            compressed = fh.read(2) == b"\x1f\x8b"  # ITK (zlib) reads a .nii.gz that is not gzip as plain .nii
+            if fh.read(2) != b"\x1f\x8b":  # ITK (zlib) would read it as plain .nii; the name says otherwise
+                raise IncompleteImageError("named .nii.gz but not gzip-compressed (a plain .nii renamed?); "
+                                           "rename it to .nii, or compress it with gzip")
     if compressed:
         header, total, expected = b"", 0, None
         with open(path, "rb") as fh:

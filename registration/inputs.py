@@ -507,9 +507,18 @@ def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_roo
 
     # Voxel checks: one image in memory at a time.
     body_fallback = case.label is None and reference not in case.liver_masks
+    seen: dict[tuple, str] = {}  # (shape, voxel digest) -> phase: the same scan exported under two phase names
     for phase, p in case.phases.items():
         array = _voxels(p, names[p])
         _check_finite(p, array, names[p])
+        key = (array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest())
+        if key in seen:
+            first = case.phases[seen[key]]
+            raise InputError(
+                f"{names[p]}: phase {phase} has exactly the voxels of phase {seen[key]} ({names[first]}); the same "
+                f"scan was exported under two phase names: replace it with the real {phase} series"
+            )
+        seen[key] = phase
         lo, hi = array.min(), array.max()
         if lo == hi:
             raise InputError(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from registration.image_check import IncompleteImageError, check_complete
 from registration.image_io import write_image_atomic
 
 NORMAL_SUBDIR = Path("diff4mm") / "normal"
@@ -56,8 +57,13 @@ def labelled_cases(dataset_dir) -> list[str]:
 
 
 def _read(path: Path, what: str) -> sitk.Image:
+    """Read an image of a dataset after proving it whole (ITK fills a truncated file with zeros)."""
     if not path.is_file():
         raise DatasetError(f"{path}: missing {what}")
+    try:
+        check_complete(path)
+    except IncompleteImageError as err:
+        raise DatasetError(f"{path}: {what}: {err}") from None
     return sitk.ReadImage(str(path))
 
 
@@ -83,12 +89,12 @@ def load_case(dataset_dir, case: str, normal: bool = True, normal_dir=None):
     if missing:
         raise DatasetError(f"{missing[0]}: missing normal (tumor-free) CT of {case}; run diff4mm_inpaint on "
                            "this dataset first")
-    normal_images = {p: sitk.ReadImage(str(f)) for p, f in zip(phases, files)}
+    normal_images = {p: _read(f, f"normal phase {p} of {case}") for p, f in zip(phases, files)}
     for p, img in normal_images.items():
         if img.GetSize() != label.GetSize():
             raise DatasetError(f"{files[phases.index(p)]}: size {img.GetSize()} differs from the label's "
                                f"{label.GetSize()}; re-run diff4mm_inpaint")
-    return target, normal_images, label, sitk.ReadImage(str(liver_file))
+    return target, normal_images, label, _read(liver_file, f"normal liver mask of {case}")
 
 
 class TrainingCases(Sequence):

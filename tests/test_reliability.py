@@ -448,3 +448,33 @@ def test_a_stale_lock_is_taken_over_with_a_warning(phantom, tmp_path, capsys):
     with pytest.raises(InputError, match=r"left by pid 1 on host elsewhere\.invalid, another machine"):
         write_registered_dataset(data, 514, "Stale", raw, settings=FAST, montages=False, progress=False)
     assert lock.exists() and not (target / "imagesTr").exists()
+
+
+# --- the three faults benchmarks/fault_injection.py still found ----------------------------------------------------
+def test_a_phase_exported_under_two_names_is_rejected(phantom, tmp_path):
+    data = copy_input(phantom, tmp_path / "in", cases=("case_000",))
+    shutil.copy(data / "case_000" / "PVP.nii.gz", data / "case_000" / "DELAY.nii.gz")
+    with pytest.raises(InputError, match=r"^case_000/DELAY\.nii\.gz: phase DELAY has exactly the voxels of phase "
+                                         r"PVP \(case_000/PVP\.nii\.gz\)"):
+        validate_dataset(data)
+
+
+def test_a_plain_nii_named_nii_gz_is_rejected(phantom, tmp_path):
+    data = copy_input(phantom, tmp_path / "in", cases=("case_000",))
+    image = sitk.ReadImage(str(data / "case_000" / "AP.nii.gz"))
+    sitk.WriteImage(image, str(tmp_path / "AP.nii"), useCompression=False)
+    shutil.copy(tmp_path / "AP.nii", data / "case_000" / "AP.nii.gz")
+    with pytest.raises(InputError, match=r"^case_000/AP\.nii\.gz: named \.nii\.gz but not gzip-compressed"):
+        validate_dataset(data)
+
+
+def test_a_truncated_file_of_a_registered_dataset_is_not_read_as_zeros(phantom, tmp_path):
+    from synthesis.dataset_io import DatasetError, load_case
+
+    raw = write_registered_dataset(copy_input(phantom, tmp_path / "in", cases=("case_000",)), 508, "Cut",
+                                   tmp_path / "raw", settings=RegistrationSettings().without_bspline(),
+                                   montages=False, progress=False)
+    load_case(raw, "case_000", normal=False)  # whole: reads
+    cut(raw / "imagesTr" / "case_000_0001.nii.gz", 0.5)
+    with pytest.raises(DatasetError, match=r"case_000_0001\.nii\.gz: phase AP of case_000: truncated: "):
+        load_case(raw, "case_000", normal=False)
