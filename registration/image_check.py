@@ -153,9 +153,12 @@ def nifti_expected_bytes(header: bytes) -> int | None:
 def _check_nifti(path: Path, compressed: bool) -> None:
     if compressed:
         with open(path, "rb") as fh:
-            if fh.read(2) != b"\x1f\x8b":  # ITK (zlib) would read it as plain .nii; the name says otherwise
-                raise IncompleteImageError("named .nii.gz but not gzip-compressed (a plain .nii renamed?); "
-                                           "rename it to .nii, or compress it with gzip")
+            start = fh.read(4)
+        compressed = start[:2] == b"\x1f\x8b"
+        if not compressed and len(start) == 4 and {int.from_bytes(start, "little"), int.from_bytes(start, "big")} & {
+                348, 540}:  # a NIfTI-1/2 header: ITK (zlib) would read it silently; the name says otherwise
+            raise IncompleteImageError("named .nii.gz but not gzip-compressed (a plain .nii renamed); rename it to "
+                                       ".nii, or compress it with gzip")
     if compressed:
         header, total, expected = b"", 0, None
         with open(path, "rb") as fh:

@@ -48,10 +48,12 @@ def make_image(
     direction=None,
     array: np.ndarray | None = None,
     dtype=np.int16,
+    seed: int = 0,
 ) -> sitk.Image:
-    """A 3D image of ``size`` (x, y, z) with the given geometry; random CT-like values unless ``array`` given."""
+    """A 3D image of ``size`` (x, y, z) with the given geometry; random CT-like values unless ``array`` given
+    (each phase of a case gets its own seed: validation refuses two phases with identical voxels)."""
     if array is None:
-        array = np.random.default_rng(0).integers(-200, 300, size=size[::-1]).astype(dtype)
+        array = np.random.default_rng(seed).integers(-200, 300, size=size[::-1]).astype(dtype)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
@@ -70,8 +72,8 @@ def make_label(size=(12, 10, 8), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0)
 def write_case(root: Path, name: str, labelled: bool = True) -> Path:
     case = root / name
     case.mkdir(parents=True)
-    for phase, (size, spacing, origin, direction, ext) in GEOMETRY.items():
-        sitk.WriteImage(make_image(size, spacing, origin, direction), str(case / f"{phase}{ext}"))
+    for k, (phase, (size, spacing, origin, direction, ext)) in enumerate(GEOMETRY.items()):
+        sitk.WriteImage(make_image(size, spacing, origin, direction, seed=k), str(case / f"{phase}{ext}"))
     if labelled:
         sitk.WriteImage(make_label(), str(case / "label.nii.gz"))
     return case
