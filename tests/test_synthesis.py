@@ -368,6 +368,26 @@ def test_the_unet_gets_each_tumors_pattern_in_phase_order_and_it_steers_the_samp
             synth(normal_hu, spacing, liver, np.random.default_rng(4), mask=mask, enhancement_hu=wrong)
 
 
+def test_each_painted_tumor_has_the_mean_enhancement_it_was_asked_for(bundle, case):
+    """A 1-epoch bundle paints a fraction of its pattern; matching makes the mean change per phase inside the
+    tumor the pattern itself (docs/decisions.md, synthetic tumor fidelity) and keeps the texture around it."""
+    normal_hu, spacing, liver = case
+    zyx = np.asarray(spacing, float)[::-1]
+    dist = ndimage.distance_transform_edt(liver, sampling=zyx)
+    centre = np.unravel_index(np.argmax(dist), dist.shape)  # deepest liver point: a 6 mm ball stays inside
+    grid = np.indices(liver.shape).transpose(1, 2, 3, 0)
+    mask = (np.linalg.norm((grid - np.array(centre)) * zyx, axis=-1) <= 6.0) & liver
+    pattern = np.array([-5.0, 30.0, -40.0, -12.0], np.float32)
+    matched = Synthesizer.from_bundle(bundle)(normal_hu, spacing, liver, np.random.default_rng(0), mask=mask,
+                                              enhancement_hu=pattern)[0]
+    raw_paint = Synthesizer.from_bundle(bundle, match_enhancement=False)(
+        normal_hu, spacing, liver, np.random.default_rng(0), mask=mask, enhancement_hu=pattern)[0]
+    np.testing.assert_allclose((matched - normal_hu)[:, mask].mean(1), pattern, atol=0.05)
+    assert np.abs((raw_paint - normal_hu)[:, mask].mean(1) - pattern).max() > 1.0
+    # the deviation from the mean inside the tumor is the diffusion model's own, unchanged by the shift
+    np.testing.assert_allclose((matched - raw_paint)[:, mask].std(1), 0.0, atol=1e-3)
+
+
 def test_a_mask_only_bundle_trains_loads_and_samples_without_patterns(raw, case, tmp_path):
     import synthesis.training as training
     from synthesis.dataset_io import load_training_cases
