@@ -243,6 +243,18 @@ def test_derived_dataset_holds_the_reference_channel(tmp_path, channel_names):
     assert sorted(p.name for p in (target / "imagesTr").iterdir()) == ["case_000_0000.nii.gz"]
 
 
+def test_table2_inputs_hold_the_reference_phase_in_every_channel(tmp_path):
+    raw = _fake_raw(tmp_path, channel_names=("CT",) * 4)
+    target = tmp_path / "refcopy"
+    target.mkdir()
+    (target / "gone_0000.nii.gz").write_text("stale", encoding="utf-8")
+    B.write_reference_copied_inputs(raw / "imagesTs", target, 2, 4, ".nii.gz", ["test_000"])
+    assert sorted(p.name for p in target.iterdir()) == [f"test_000_{k:04d}.nii.gz" for k in range(4)]
+    assert {(target / f"test_000_{k:04d}.nii.gz").read_text(encoding="utf-8") for k in range(4)} == {"test_000 2"}
+    with pytest.raises(B.BenchmarkError, match="test_001_0002.nii.gz: missing"):
+        B.write_reference_copied_inputs(raw / "imagesTs", target, 2, 4, ".nii.gz", ["test_001"])
+
+
 def test_transferred_plans_keep_everything_but_name_and_channel_statistics():
     source = {"dataset_name": "Dataset901_Toy", "plans_name": "Diff4MMCPUPlans",
               "configurations": {"3d_fullres": {"patch_size": [32, 64, 64],
@@ -360,11 +372,14 @@ def test_cpu_preset_end_to_end_on_tiny_phantom(tmp_path, nnunet_env, monkeypatch
     _raw_from_phantom(phantom, nnunet_env.raw / "Dataset850_Tiny", names[:3], names[3:])
     out = tmp_path / "out"
     args = ["-d", "850", "-o", str(out), "--phantom", str(phantom), "--arms", "a", "b", "--fractions", "0.5",
-            "--trainers", "nnUNetTrainer_BenchmarkTest", "Diff4MMTrainer_Demo", "-np", "1"]
+            "--trainers", "nnUNetTrainer_BenchmarkTest", "Diff4MMTrainer_Demo", "-np", "1", "--reference-copy-eval"]
     assert cli_main(args) == 0, [p.read_text(encoding="utf-8")[-3000:] for p in (out / "logs").glob("*")]
 
     rows = R.read_csv(out / "per_case.csv")
-    assert {(r["method"], r["fraction"]) for r in rows} == {(A, 0.5), (BM, 0.5)}
+    # Table 2's protocol: the multi-phase model (b) is also tested with PVP in every channel; (a) has one channel
+    assert {(r["method"], r["fraction"]) for r in rows} == {(A, 0.5), (BM, 0.5), (B.refcopy_method(BM), 0.5)}
+    assert os.path.samefile(out / "inputs_reference_copied" / "test_000_0000.nii.gz",
+                            nnunet_env.raw / "Dataset850_Tiny" / "imagesTs" / "test_000_0002.nii.gz")
     assert all(r["case"] == "test_000" and 0.0 <= r["liver_dice"] <= 1.0 for r in rows)
     splits = json.loads((nnunet_env.preprocessed / "Dataset850_Tiny" / "splits_final.json").read_text(encoding="utf-8"))
     assert len(splits) == 4 and len(splits[3]["train"]) == 1  # 3 folds (3 cases) + the fraction-0.5 subset

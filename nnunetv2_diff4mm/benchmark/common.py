@@ -36,6 +36,27 @@ ARM_BY_KEY = {a.key: a for a in ARMS}
 ARM_BY_METHOD = {a.method: a for a in ARMS}
 PAIRS = (("c", "b"), ("b", "a"))  # paired differences reported: first minus second
 
+# Table 2's protocol (paper, zero-shot single-phase test): every multi-phase model also predicts the test cases with
+# the reference phase copied into all its channels; those rows carry the arm's method plus this suffix.
+REFCOPY_SUFFIX = "_refcopy"
+
+
+def refcopy_method(method: str) -> str:
+    return f"{method}{REFCOPY_SUFFIX}"
+
+
+def method_labels() -> dict[str, str]:
+    """per_case.csv method -> label, the Table 2 rows after the arms."""
+    labels = {a.method: a.label for a in ARMS}
+    labels.update({refcopy_method(a.method): f"{a.label}; tested with the reference phase in every channel"
+                   for a in ARMS if not a.derived})
+    return labels
+
+
+def reported_pairs() -> list[tuple[str, str]]:
+    pairs = [(ARM_BY_KEY[x].method, ARM_BY_KEY[y].method) for x, y in PAIRS]
+    return pairs + [(refcopy_method(ARM_BY_KEY["c"].method), refcopy_method(ARM_BY_KEY["b"].method))]
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -49,6 +70,7 @@ class Preset:
     inpainter_args: tuple[str, ...] = ()
     synthesizer_args: tuple[str, ...] = ()
     configuration: str = CONFIGURATION
+    reference_copy_eval: bool = False  # also test multi-phase models with the reference phase in every channel
 
 
 PRESETS = {
@@ -61,9 +83,11 @@ PRESETS = {
     # a half-length default synthesizer per job
     "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidence", "Diff4MMTrainer_Evidence",
                        tta=False, device="cpu", inpainter_args=("--preset", "default"),
-                       synthesizer_args=("--preset", "default", "--epochs", "10"), configuration="2d"),
+                       synthesizer_args=("--preset", "default", "--epochs", "10"), configuration="2d",
+                       reference_copy_eval=True),
     "default": Preset("default", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto",
-                      inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu")),
+                      inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu"),
+                      reference_copy_eval=True),
 }
 
 
@@ -107,6 +131,7 @@ class BenchmarkSettings:
     configuration: str | None = None  # None: the preset's
     inpainter_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_inpainter arguments)
     synthesizer_args: tuple[str, ...] | None = None  # None: the preset's (diff4mm_train_synthesizer arguments)
+    reference_copy_eval: bool | None = None  # None: the preset's (Table 2's protocol)
 
 
 @dataclass(frozen=True)

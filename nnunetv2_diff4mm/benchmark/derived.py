@@ -56,6 +56,28 @@ def derive_reference_phase_dataset(source_raw: Path, target_raw: Path, channel: 
     return target_raw
 
 
+def write_reference_copied_inputs(images_ts: Path, target: Path, channel: int, n_channels: int, ending: str,
+                                  cases: list[str]) -> Path:
+    """Test inputs for Table 2's protocol: `target/<case>_000k<ending>` is channel `channel` of images_ts for
+    every k < n_channels (hard links where possible), so a multi-phase model sees the reference phase in every
+    channel. Existing up-to-date files are kept; files of other cases are removed."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for case in cases:
+        src = Path(images_ts) / f"{case}_{channel:04d}{ending}"
+        if not src.is_file():
+            raise BenchmarkError(f"{src}: missing; the reference channel of every test case is needed")
+        for k in range(n_channels):
+            dst = target / f"{case}_{k:04d}{ending}"
+            _link_or_copy(src, dst)
+            wanted.add(dst.name)
+    for stale in target.glob(f"*{ending}"):
+        if stale.name not in wanted:
+            stale.unlink()
+    return target
+
+
 # --- plans and preprocessing -----------------------------------------------------------------------------------
 def preprocessing_complete(preprocessed_folder: Path, plans: str, configuration: str, cases: list[str]) -> bool:
     """Plans file, dataset.json and a properties file (nnU-Net writes it last) for every case exist."""

@@ -69,9 +69,11 @@ def train_job(job: Job, results_root: Path, device: str, log_dir: Path, runner=r
 
 
 def predict_job(job: Job, input_dir: Path, pred_dir: Path, cases: list[str], ending: str, device: str, tta: bool,
-                num_processes: int, log_dir: Path, runner=run_logged, env: dict | None = None) -> str:
+                num_processes: int, log_dir: Path, runner=run_logged, env: dict | None = None,
+                log_name: str | None = None) -> str:
     """Predict `cases` of input_dir with the job's model unless pred_dir already holds them all; "reused" or
-    "predicted". Predictions go to a hidden staging folder that is renamed to pred_dir when complete."""
+    "predicted". Predictions go to a hidden staging folder that is renamed to pred_dir when complete. The log is
+    LOG_DIR/<log_name>.log (default predict_<job key>)."""
     pred_dir = Path(pred_dir)
     if predictions_finished(pred_dir, cases, ending):
         return "reused"
@@ -83,7 +85,7 @@ def predict_job(job: Job, input_dir: Path, pred_dir: Path, cases: list[str], end
            "-device", device, "-npp", str(num_processes), "-nps", str(num_processes), "--disable_progress_bar"]
     if not tta:
         cmd.append("--disable_tta")
-    runner(cmd, Path(log_dir) / f"predict_{job.key.replace('/', '_')}.log", env)
+    runner(cmd, Path(log_dir) / f"{log_name or 'predict_' + job.key.replace('/', '_')}.log", env)
     if not predictions_finished(staging, cases, ending):
         raise BenchmarkError(f"{staging}: nnUNetv2_predict did not write every test case")
     shutil.rmtree(pred_dir, ignore_errors=True)

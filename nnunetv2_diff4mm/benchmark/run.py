@@ -43,11 +43,11 @@ from .. import conventions
 from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
-from .common import (ARM_BY_KEY, ARMS, DERIVED_ID_OFFSET, PAIRS, PRESETS, BenchmarkError, BenchmarkSettings, Job,
-                     Roots, _write_json_atomic, dataset_id_and_name, read_dataset_json, reference_channel,
-                     test_cases, training_cases)
+from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
+                     _write_json_atomic, dataset_id_and_name, method_labels, read_dataset_json, reference_channel,
+                     refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
-                      prepare_derived_preprocessed, preprocessing_complete)
+                      prepare_derived_preprocessed, preprocessing_complete, write_reference_copied_inputs)
 from .nnunet_runs import fold_folder, predict_job, run_logged, synthesis_disabled, train_job
 from .references import collect_references
 from .synthesis_models import prepare_synthesis_models
@@ -87,6 +87,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         raise BenchmarkError(f"--fractions {' '.join(f'{f:g}' for f in s.fractions)}: each must be in (0, 1]")
     device = _resolve_device(s.device or preset.device)
     tta = preset.tta if s.tta is None else s.tta
+    reference_copy = preset.reference_copy_eval if s.reference_copy_eval is None else s.reference_copy_eval
     configuration = s.configuration or preset.configuration
     synthesis_args = (tuple(s.inpainter_args if s.inpainter_args is not None else preset.inpainter_args),
                       tuple(s.synthesizer_args if s.synthesizer_args is not None else preset.synthesizer_args))
@@ -131,6 +132,11 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
                                      cases_tr, roots, s.num_processes)
     fold_index, splits = prepare_splits(source_pre, cases_tr, s.folds, fractions, s.subset_seed,
                                         mirror_to=roots.preprocessed / derived_name if use_derived else None)
+    refcopy_inputs = None
+    if reference_copy and any(not a.derived for a in arms):
+        n_channels = len(data.get("channel_names", data.get("modality", {})))
+        refcopy_inputs = write_reference_copied_inputs(source_raw / "imagesTs", out / "inputs_reference_copied",
+                                                       channel, n_channels, ending, cases_ts)
     prep_seconds = time.perf_counter() - t0
 
     jobs = [Job(arm, f, k, fold_index[(f, k)], derived_name if arm.derived else source_name,
@@ -175,13 +181,24 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
             record["predict_s"] = time.perf_counter() - start
         record["predict_status"] = status
         _write_json_atomic(timings_path, timings)
-        finished.append((job, M.folder_pairs(pred_dir, references, ending, cases_ts)))
+        finished.append((job.arm.method, job, M.folder_pairs(pred_dir, references, ending, cases_ts)))
+        if refcopy_inputs is not None and not job.arm.derived:  # Table 2: reference phase in every channel
+            method = refcopy_method(job.arm.method)
+            pred_dir = out / "predictions" / method / f"frac{job.fraction:g}" / f"fold{job.fold}"
+            start = time.perf_counter()
+            status = predict_job(job, refcopy_inputs, pred_dir, cases_ts, ending, device, tta, s.num_processes,
+                                 out / "logs", runner, env,
+                                 log_name=f"predict_{method}_frac{job.fraction:g}_fold{job.fold}")
+            if status == "predicted":
+                record["predict_reference_copied_s"] = time.perf_counter() - start
+            _write_json_atomic(timings_path, timings)
+            finished.append((method, job, M.folder_pairs(pred_dir, references, ending, cases_ts)))
     bar.close()
     _log(f"evaluating {len(finished)} x {len(cases_ts)} predictions")
-    scores = iter(M.evaluate_pairs([p for _, pairs in finished for p in pairs], s.nsd_tolerance_mm,
+    scores = iter(M.evaluate_pairs([p for _, _, pairs in finished for p in pairs], s.nsd_tolerance_mm,
                                    s.num_processes))
-    rows = [{"method": job.arm.method, "fraction": job.fraction, "fold": job.fold, **next(scores)}
-            for job, pairs in finished for _ in pairs]
+    rows = [{"method": method, "fraction": job.fraction, "fold": job.fold, **next(scores)}
+            for method, job, pairs in finished for _ in pairs]
 
     settings_table = {
         "dataset": source_name,
@@ -196,10 +213,11 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
                       f"{s.test_labels or Path(s.phantom) / 'ground_truth'})",
         "NSD tolerance": f"{s.nsd_tolerance_mm:g} mm",
         "inference": f"device {device}, test-time mirroring {'on' if tta else 'off (--disable_tta)'}",
+        "Table 2 protocol": (f"multi-phase models also tested with {phase} copied into every channel "
+                             f"({'_refcopy' if refcopy_inputs is not None else 'off'})"),
         "dataset preparation (this run)": f"{prep_seconds:.0f} s",
     }
     return report.write_report(
-        rows, out, {a.method: a.label for a in ARMS},
-        [(ARM_BY_KEY[x].method, ARM_BY_KEY[y].method) for x, y in PAIRS], settings_table,
+        rows, out, method_labels(), reported_pairs(), settings_table,
         {job.key: timings[job.key] for job in jobs}, warnings, n_train, f"Diff4MM benchmark: {source_name}",
         s.nsd_tolerance_mm)

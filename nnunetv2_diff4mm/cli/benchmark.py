@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device for training and inference (default: cpu for --preset cpu, else auto)")
     parser.add_argument("--disable-tta", action="store_true",
                         help="predict without test-time mirroring also in the default preset")
+    parser.add_argument("--reference-copy-eval", action=argparse.BooleanOptionalAction, default=None,
+                        help="also test every multi-phase model with the reference phase copied into all channels "
+                             "(the paper's Table 2 protocol; rows <method>_refcopy). Default: on for the evidence "
+                             "and default presets, off for cpu")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=2, metavar="N",
                         help="worker processes for preprocessing, data augmentation, inference and evaluation "
                              "(default 2)")
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         test_labels=args.test_labels, phantom=args.phantom, derived_id=args.derived_id,
         reference_phase=args.reference_phase, nsd_tolerance_mm=args.nsd_tolerance_mm,
         num_processes=args.num_processes, device=args.device, configuration=args.configuration,
-        tta=False if args.disable_tta else None)
+        tta=False if args.disable_tta else None, reference_copy_eval=args.reference_copy_eval)
     summary = run_benchmark(settings)
     print(f"report: {summary}")
     return 0
