@@ -4,16 +4,32 @@ The synthesizer paints tumors into these; doing it in preprocessed space means a
 nnU-Net's data loader exactly like a real one (same spacing, crop and CT normalisation). Cached as .npz in
 `$nnUNet_preprocessed/DatasetXXX/diff4mm/<plans>_<configuration>/normal/` and reused while the source files
 and plans are unchanged.
+
+The cache is shared by every rank, fold and trainer variant of a plans/configuration, which nnU-Net users start
+side by side, so any number of processes may fill it at once: each case is written once, under its own file lock
+(`.<case>.lock`, fcntl/flock through the `filelock` package, released by the kernel if its holder dies), by
+whoever gets the lock first; the others wait, then find it cached. Files are written to a unique temporary
+name and moved into place with os.replace, so a reader sees either no file or a complete one, and `cases.json`
+(every case the cache holds, whichever process cached it) is rewritten the same way under its own lock.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
+
+# How long a writer waits for another process that is preprocessing the same case (a few seconds per case on a
+# CPU; minutes only for a huge CT on a loaded machine). On timeout filelock.Timeout reaches the trainer, which
+# logs it and trains on real samples only.
+LOCK_TIMEOUT_S = 1800.0
+MANIFEST = "cases.json"
 
 
 @dataclass(frozen=True)
@@ -71,21 +87,40 @@ def preprocess_normal_cases(normal_dir: Path, case_ids: list[str], num_channels:
             continue  # no normal version of this case (e.g. inpainting skipped it): it is simply not used
         target = cache_dir / f"{case}.npz"
         stamp = _fingerprint(images + [liver], plans_manager.plans_name, configuration_manager.data_identifier)
-        if target.is_file():
-            with np.load(target) as cached:
-                if str(cached["fingerprint"]) == stamp:
-                    out.append(target)
-                    continue
-        data, seg, properties = preprocessor.run_case([str(p) for p in images], str(liver), plans_manager,
-                                                      configuration_manager, dataset_json)
-        spacing = list(configuration_manager.spacing)
-        if len(spacing) < data.ndim - 1:  # 2d: nnU-Net resamples in-plane only and keeps the slice spacing
-            spacing = [float(properties["spacing"][plans_manager.transpose_forward[0]])] + spacing
-        tmp = target.with_name(f".tmp-{target.name}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, data=data.astype(np.float32), seg=seg.astype(np.int16),
-                     spacing=np.asarray(spacing, float), fingerprint=np.asarray(stamp))
-        os.replace(tmp, target)
+        with FileLock(cache_dir / f".{case}.lock", timeout=LOCK_TIMEOUT_S):  # write once per case
+            if not _cached(target, stamp):
+                data, seg, properties = preprocessor.run_case([str(p) for p in images], str(liver), plans_manager,
+                                                              configuration_manager, dataset_json)
+                spacing = list(configuration_manager.spacing)
+                if len(spacing) < data.ndim - 1:  # 2d: nnU-Net resamples in-plane only and keeps the slice spacing
+                    spacing = [float(properties["spacing"][plans_manager.transpose_forward[0]])] + spacing
+                _write_atomic(target, lambda fh: np.savez(
+                    fh, data=data.astype(np.float32), seg=seg.astype(np.int16), spacing=np.asarray(spacing, float),
+                    fingerprint=np.asarray(stamp)))
         out.append(target)
-    (cache_dir / "cases.json").write_text(json.dumps([p.stem for p in out]), encoding="utf-8")
+    with FileLock(cache_dir / f".{MANIFEST}.lock", timeout=LOCK_TIMEOUT_S):
+        # what the cache holds, not what this caller asked for: folds sharing the cache list different cases
+        held = sorted(p.stem for p in cache_dir.glob("*.npz"))
+        _write_atomic(cache_dir / MANIFEST, lambda fh: fh.write(json.dumps(held).encode("utf-8")))
     return out
+
+
+def _cached(target: Path, stamp: str) -> bool:
+    """True if target holds this fingerprint; a damaged file (e.g. left by an older version's crash) is not."""
+    try:
+        with np.load(target) as cached:
+            return str(cached["fingerprint"]) == stamp
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: (re)write it
+        return False
+
+
+def _write_atomic(target: Path, write) -> None:
+    """write(fh) into a temporary name no other writer uses (uuid; not ending in .npz, so never taken for a
+    cached case), then os.replace it onto target."""
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,120 @@
+"""Scale-out (issue #16): the multi-process paths, run for real on the CPU with tiny inputs.
+
+- the producer gets the trainer's full device string (cuda:1 under DDP rank 1), checked without a GPU;
+- two processes filling one cold normal-CT cache at the same time both succeed, the cache intact and complete;
+- forked/spawned augmentation workers draw different synthetic slot streams, reproducible per (seed, rank, worker);
+- under `accelerate launch` the configured synthesizer batch is the global batch (per-process share);
+- `--c` refuses to continue a checkpoint that recorded another bundle's hash.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# ---- helpers: a minimal but real nnU-Net plan (nnU-Net's own PlansManager and DefaultPreprocessor run on it) ----
+
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz",
+                "numTraining": 1}
+
+
+def _plans() -> dict:
+    resample = "resample_data_or_seg_to_shape"
+    return {
+        "dataset_name": "Dataset990_Scaleout", "plans_name": "TinyPlans", "image_reader_writer": "SimpleITKIO",
+        "original_median_spacing_after_transp": [2.0, 2.0, 2.0], "original_median_shape_after_transp": [16, 16, 16],
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "test",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": {"mean": 100.0, "std": 50.0, "percentile_00_5": -100.0,
+                                                              "percentile_99_5": 300.0, "max": 400.0, "min": -200.0,
+                                                              "median": 100.0}},
+        "configurations": {"3d_fullres": {
+            "data_identifier": "TinyPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+            "patch_size": [16, 16, 16], "median_image_size_in_voxels": [16, 16, 16], "spacing": [2.0, 2.0, 2.0],
+            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False], "batch_dice": False,
+            "resampling_fn_data": resample, "resampling_fn_seg": resample, "resampling_fn_probabilities": resample,
+            "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
+            "architecture": {"network_class_name": "unused", "arch_kwargs": {}, "_kw_requires_import": []}}},
+    }
+
+
+def _write_normal_cases(folder: Path, n: int) -> list[str]:
+    import SimpleITK as sitk
+
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        image = sitk.GetImageFromArray(rng.normal(100, 50, (20, 24, 24)).astype(np.float32))
+        image.SetSpacing((1.5, 1.5, 2.5))
+        liver = np.zeros((20, 24, 24), np.uint8)
+        liver[4:16, 5:19, 5:19] = 1
+        label = sitk.GetImageFromArray(liver)
+        label.CopyInformation(image)
+        sitk.WriteImage(image, str(folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz"))
+        sitk.WriteImage(label, str(folder / "labelsTr" / f"case_{i:03d}.nii.gz"))
+        names.append(f"case_{i:03d}")
+    return names
+
+
+def _fill_cache(normal_dir: str, cases: list[str], cache: str, barrier, result: str) -> None:
+    """One writer (a spawned process: its own interpreter, as a second fold's trainer would be)."""
+    torch.set_num_threads(1)
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_diff4mm.training.normal_cases import preprocess_normal_cases
+
+    plans = PlansManager(_plans())
+    configuration = plans.get_configuration("3d_fullres")
+    barrier.wait(timeout=120)  # both start writing at the same moment
+    out = preprocess_normal_cases(Path(normal_dir), cases, 1, ".nii.gz", Path(cache), plans, configuration,
+                                  DATASET_JSON)
+    Path(result).write_text(json.dumps([str(p) for p in out]), encoding="utf-8")
+
+
+# ---- 2. one cold cache, two writers ------------------------------------------------------------------------------
+
+def test_two_processes_fill_one_cold_normal_cache_at_once(tmp_path):
+    names = _write_normal_cases(tmp_path / "normal", 5)
+    cache = tmp_path / "cache"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    # two folds: overlapping but different training cases, as nnU-Net's folds are
+    subsets = [names[:4], names[1:]]
+    procs = [ctx.Process(target=_fill_cache, args=(str(tmp_path / "normal"), subset, str(cache), barrier,
+                                                    str(tmp_path / f"result{i}.json")))
+             for i, subset in enumerate(subsets)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for i, subset in enumerate(subsets):
+        returned = json.loads((tmp_path / f"result{i}.json").read_text(encoding="utf-8"))
+        assert [Path(p).stem for p in returned] == subset
+    # intact: every case loads, and equals what one writer alone makes of it
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_diff4mm.training.normal_cases import preprocess_normal_cases
+
+    plans = PlansManager(_plans())
+    alone = preprocess_normal_cases(tmp_path / "normal", names[:1], 1, ".nii.gz", tmp_path / "alone", plans,
+                                    plans.get_configuration("3d_fullres"), DATASET_JSON)[0]
+    for name in names:
+        with np.load(cache / f"{name}.npz") as f:
+            assert f["data"].dtype == np.float32 and f["seg"].shape[1:] == f["data"].shape[1:]
+            if name == names[0]:
+                with np.load(alone) as ref:
+                    assert all(np.array_equal(f[k], ref[k]) for k in ref.files)
+    # complete: no temporary left behind, the manifest lists every cached case
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == \
+        sorted([f"{n}.npz" for n in names] + ["cases.json"])
+    assert json.loads((cache / "cases.json").read_text(encoding="utf-8")) == names
