@@ -103,6 +103,32 @@ def _never(cmd, log, env):
     raise AssertionError(f"should not run {cmd}")
 
 
+def test_test_case_montage_picks_cases_by_reference_tumor_volume_only(tmp_path):
+    from nnunetv2_diff4mm.evaluation.contours import contour_montage, pick_cases
+
+    refs = {}
+    for i, size in enumerate([0, 3, 1, 5, 2, 4]):  # tumor edge in voxels; case_000 has none
+        array = np.zeros((10, 12, 12), np.uint8)
+        array[1:9, 1:11, 1:11] = 1
+        array[4:4 + max(size, 1), 3:3 + size, 3:3 + size] = 2 if size else 1
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.0))
+        refs[f"case_{i:03d}"] = tmp_path / f"case_{i:03d}.nii.gz"
+        sitk.WriteImage(image, str(refs[f"case_{i:03d}"]))
+    # tumor volumes 1, 8, 27, 64, 125 voxels (edges 1..5): spread evenly from the smallest to the largest
+    assert pick_cases(refs, 3) == ["case_002", "case_001", "case_003"]
+    assert pick_cases(refs, 10) == ["case_002", "case_004", "case_001", "case_005", "case_003"]
+    ct = sitk.Cast(sitk.ReadImage(str(refs["case_003"])), sitk.sitkFloat32) * 100.0
+    ct_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(ct, str(ct_path))
+    png = contour_montage([(c, ct_path, refs[c], {"(b)": refs["case_003"], "(c)": refs[c]})
+                           for c in ("case_001", "case_003")], tmp_path / "m.png", "t")
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(png)).shape[:2]
+    assert (height, width) == (520, 520)  # 2 cases x 2 methods, 2.6 inch panels at 100 dpi
+
+
 def test_model_folder_is_nnunets(tmp_path, monkeypatch):
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 

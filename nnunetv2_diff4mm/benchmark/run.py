@@ -217,7 +217,29 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
                              f"({'_refcopy' if refcopy_inputs is not None else 'off'})"),
         "dataset preparation (this run)": f"{prep_seconds:.0f} s",
     }
+    montage = _test_case_montage(finished, references, source_raw / "imagesTs", channel, phase, ending, out)
     return report.write_report(
         rows, out, method_labels(), reported_pairs(), settings_table,
         {job.key: timings[job.key] for job in jobs}, warnings, n_train, f"Diff4MM benchmark: {source_name}",
-        s.nsd_tolerance_mm)
+        s.nsd_tolerance_mm, extra_figures=(montage.name,))
+
+
+def _test_case_montage(finished, references: Path, images_ts: Path, channel: int, phase: str, ending: str,
+                       out: Path) -> Path:
+    """test_cases.png: four test cases (chosen by reference tumor volume only) with every method's tumor contour
+    at the smallest labelled fraction and first fold."""
+    from ..evaluation.contours import contour_montage, pick_cases
+
+    fraction = min(job.fraction for _, job, _ in finished)
+    fold = min(job.fold for _, job, _ in finished if job.fraction == fraction)
+    labels = method_labels()
+    columns = {}
+    for method, job, pairs in finished:
+        if job.fraction == fraction and job.fold == fold:
+            tag = report.short_label(labels, method) + (f" {phase} only" if method.endswith("_refcopy") else "")
+            columns[tag] = {case: pred for pred, _, case in pairs}
+    cases = pick_cases({case: references / f"{case}{ending}" for case in next(iter(columns.values()))})
+    rows = [(case, images_ts / f"{case}_{channel:04d}{ending}", references / f"{case}{ending}",
+             {tag: preds[case] for tag, preds in columns.items()}) for case in cases]
+    title = f"test cases, labelled fraction {fraction:g}, fold {fold}, {phase}"
+    return contour_montage(rows, out / "test_cases.png", title) if rows else out / "test_cases.png"

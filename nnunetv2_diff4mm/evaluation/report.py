@@ -334,8 +334,10 @@ def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str
 def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tuple[str, str]] = (),
                  settings: Mapping[str, str] | None = None, timings: Mapping | None = None,
                  warnings: Sequence[str] = (), n_train: Mapping[float, int] | None = None,
-                 title: str = "Benchmark", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Path:
-    """per_case.csv, the two PNG plots and summary.md in out_dir; returns the summary.md path.
+                 title: str = "Benchmark", nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                 extra_figures: Sequence[str] = ()) -> Path:
+    """per_case.csv, the two PNG plots and summary.md in out_dir (which also links `extra_figures`, files the
+    caller wrote there); returns the summary.md path.
 
     The box plots show labelled fraction 1 (else the largest fraction present)."""
     if not rows:
@@ -349,7 +351,8 @@ def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tupl
     plot_data_efficiency(rows, fractions, out_dir / EFFICIENCY_PNG, methods, n_train)
     summary = out_dir / "summary.md"
     tmp = _atomic_path(summary)
-    tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, (BOXPLOT_PNG, EFFICIENCY_PNG), warnings,
-                                    title, nsd_tolerance_mm), encoding="utf-8")
+    figures = (BOXPLOT_PNG, EFFICIENCY_PNG, *(f for f in extra_figures if (out_dir / f).is_file()))
+    tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, figures, warnings, title,
+                                    nsd_tolerance_mm), encoding="utf-8")
     os.replace(tmp, summary)
     return summary
