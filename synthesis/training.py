@@ -15,11 +15,13 @@ the working spacing (only the liver's bounding box plus half an ROI), and crops 
    latent voxels at the tumor (the rest of the ROI's residual is ~0); EMA weights (diffusers EMAModel) are
    validated and shipped.
 
-Runs under `accelerate.Accelerator` (plain CPU run or `accelerate launch` multi-GPU: each process draws its own
-share of every batch). Resumable: every epoch checkpoints models (save_pretrained), optimizer and EMA state
-(torch.save, reloaded with weights_only=True) into OUT/training/checkpoint; a finished bundle is left alone.
-Epoch randomness comes from SeedSequence([seed, stage, epoch]), so a resumed run repeats what an uninterrupted
-one would have drawn.
+Runs under `accelerate.Accelerator` (plain CPU run or `accelerate launch`): the preset's ae_batch / unet_batch
+is the global batch; each of N processes draws its own batch // N samples (its own random stream) and DDP averages
+the gradients, so one optimizer step sees the configured batch at the configured learning rate whatever N is
+(see per_process_batch; N must divide the batch). Resumable: every epoch checkpoints models (save_pretrained),
+optimizer and EMA state (torch.save, reloaded with weights_only=True) into OUT/training/checkpoint; a finished
+bundle is left alone. Epoch randomness comes from SeedSequence([seed, stage, epoch, process]), so a resumed run
+repeats what an uninterrupted one would have drawn.
 """
 from __future__ import annotations
 
@@ -228,6 +230,22 @@ def _roi_sample(case: _Case, centre, size: int, flips) -> tuple[np.ndarray, np.n
     return tuple(np.ascontiguousarray(a) for a in out)
 
 
+def per_process_batch(batch: int, num_processes: int, name: str) -> int:
+    """This process's share of the global batch `batch` under `accelerate launch --num_processes N`.
+
+    Chosen over scaling the learning rate with N (issue #16, docs/decisions.md "Scale-out"): the presets' learning
+    rates were tuned at their batch, AdamW and the diffusion loss do not follow the linear scaling rule reliably,
+    and a global batch keeps the optimisation, and so the bundle, the same on 1 GPU and on N. Not divisible: a
+    clear error before any training, rather than a silently different global batch."""
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if batch % num_processes:
+        raise ValueError(f"{name} {batch} (the global batch) does not split evenly over {num_processes} processes; "
+                         f"launch a number of processes that divides it, or use a preset whose {name} is a multiple "
+                         f"of {num_processes}")
+    return batch // num_processes
+
+
 def _epoch_rng(seed: int, stage: str, epoch: int, process: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _STAGES[stage], epoch, process]))
 
@@ -364,6 +382,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     device = resolve_device(device)
     accelerator = Accelerator(cpu=device.type == "cpu")
     main = accelerator.is_main_process
+    ae_batch = per_process_batch(preset.ae_batch, accelerator.num_processes, "ae_batch")
+    unet_batch = per_process_batch(preset.unet_batch, accelerator.num_processes, "unet_batch")
     if main:
         ckpt.mkdir(parents=True, exist_ok=True)
         _atomic_json(work / "settings.json", settings)
@@ -429,7 +449,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             start, losses = time.time(), []
             for _ in range(preset.ae_steps_per_epoch):
                 x, w = (torch.from_numpy(a).to(accelerator.device) for a in _ae_batch(train_cases, rng, preset,
-                                                                                        ae_jitter))
+                                                                                        ae_jitter, ae_batch))
                 recon, posterior = model(x, generator=gen)
                 loss = ((recon - x).abs() * w).mean() / w.mean() + preset.kl_weight * posterior.kl().mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -506,7 +526,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             model.train()
             start, losses = time.time(), []
             for _ in range(preset.unet_steps_per_epoch):
-                idx = torch.from_numpy(rng.integers(0, len(x0_all), preset.unet_batch))
+                idx = torch.from_numpy(rng.integers(0, len(x0_all), unet_batch))
                 x0, cond, m = (t[idx].to(accelerator.device) for t in (x0_all, cond_all, mask_all))
                 noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
                 t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
@@ -551,7 +571,11 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                     "autoencoder_epochs": preset.ae_epochs, "unet_epochs": preset.unet_epochs,
                     "seconds": {"prepare": round(prep_seconds, 1), "autoencoder": round(ae_seconds, 1),
                                 "latent_cache": round(cache_seconds, 1), "unet": round(unet_seconds, 1)},
-                    "latent_rois": int(len(train_cache["target"])), "device": str(accelerator.device)}
+                    "latent_rois": int(len(train_cache["target"])), "device": str(accelerator.device),
+                    # the batch semantics under accelerate launch (per_process_batch): global = per process x N
+                    "processes": accelerator.num_processes,
+                    "batch": {"autoencoder": {"global": preset.ae_batch, "per_process": ae_batch},
+                              "unet": {"global": preset.unet_batch, "per_process": unet_batch}}}
         save_bundle(out_dir, autoencoder=ae, unet=unet, scheduler=ddim, phases=phases, roi=preset.roi,
                     intensity_window_hu=preset.intensity_window_hu, blend_margin_mm=preset.blend_margin_mm,
                     ddim_steps=preset.ddim_steps, mask_distribution=distribution, training=training,
@@ -576,11 +600,12 @@ def _stored_settings(path: Path) -> dict | None:
     return stored
 
 
-def _ae_batch(cases: list[_Case], rng: np.random.Generator, preset: Preset, jitter: int
+def _ae_batch(cases: list[_Case], rng: np.random.Generator, preset: Preset, jitter: int, batch: int | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Autoencoder patches (B, C, p, p, p) and L1 weights (B, 1, p, p, p)."""
+    """Autoencoder patches (B, C, p, p, p) and L1 weights (B, 1, p, p, p); B = batch (this process's share),
+    preset.ae_batch when not given."""
     patch, images, weights = preset.ae_patch_vox, [], []
-    for _ in range(preset.ae_batch):
+    for _ in range(preset.ae_batch if batch is None else batch):
         case = cases[rng.integers(len(cases))]
         centre = _sample_centre(case, rng, jitter, preset.tumor_free_fraction)
         source = case.target if rng.random() < preset.ae_target_fraction else case.normal

@@ -118,3 +118,15 @@ def test_two_processes_fill_one_cold_normal_cache_at_once(tmp_path):
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == \
         sorted([f"{n}.npz" for n in names] + ["cases.json"])
     assert json.loads((cache / "cases.json").read_text(encoding="utf-8")) == names
+
+
+# ---- 4. accelerate: the configured batch is the global batch -----------------------------------------------------
+
+def test_synthesizer_batch_is_global_under_accelerate():
+    from synthesis.training import per_process_batch
+
+    assert per_process_batch(8, 1, "unet_batch") == 8
+    assert per_process_batch(8, 2, "unet_batch") == 4
+    assert per_process_batch(12, 4, "ae_batch") == 3
+    with pytest.raises(ValueError, match=r"unet_batch 6 .* 4 processes"):
+        per_process_batch(6, 4, "unet_batch")
