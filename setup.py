@@ -66,6 +66,7 @@ setup(
             "diff4mm_train_synthesizer=nnunetv2_diff4mm.cli.train_synthesizer:main",
             "diff4mm_inpaint=nnunetv2_diff4mm.cli.inpaint:main",
             "diff4mm_train_inpainter=nnunetv2_diff4mm.cli.train_inpainter:main",
+            "diff4mm_predict=nnunetv2_diff4mm.cli.predict:main",
         ],
     },
 )
