@@ -120,6 +120,67 @@ def test_two_processes_fill_one_cold_normal_cache_at_once(tmp_path):
     assert json.loads((cache / "cases.json").read_text(encoding="utf-8")) == names
 
 
+# ---- 3. per-worker synthetic slot streams -----------------------------------------------------------------------
+
+class _RealCases:
+    """Stands in for nnU-Net's dataset of real cases (only identifiers and load_case are used)."""
+
+    identifiers = ["case_000", "case_001"]
+
+    def load_case(self, identifier):
+        return np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 2, 2, 2), np.int16), None, {"real": identifier}
+
+
+def _draw_slots(dataset, n: int, queue) -> None:
+    """What a batchgenerators worker does with its copy of the dataset: load synthetic identifiers."""
+    queue.put([dataset.load_case(dataset.identifiers[-1])[3]["diff4mm_source"] for _ in range(n)])
+
+
+def _worker_streams(dataset, names, n: int = 24) -> list[list[str]]:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_draw_slots, args=(dataset, n, queue), name=name) for name in names]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    return sorted(results)  # order of arrival is not fixed; compared as sets of streams below
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    from nnunetv2_diff4mm.training.synthetic_pool import save_sample
+
+    folder = tmp_path_factory.mktemp("pool")
+    for i in range(16):
+        save_sample(folder, i, {"data": np.zeros((1, 2, 2, 2), np.float32), "seg": np.zeros((1, 2, 2, 2), np.int16),
+                                "class_locations": {2: np.zeros((0, 4), int)}, "source": f"slot{i:02d}"})
+    return folder
+
+
+def test_augmentation_workers_draw_different_slots_and_the_seed_changes_the_stream(pool):
+    """batchgenerators forks one copy of the dataset per worker (multiprocessing.Process, fork on Linux); a
+    spawned worker gets a pickled copy instead, here unpickled in a forked process (spawning costs an interpreter
+    start per worker, too slow for this suite)."""
+    import pickle
+
+    from nnunetv2_diff4mm.training.mixed_dataset import SyntheticMixDataset
+
+    workers = ["Process-1", "Process-2"]
+    dataset = SyntheticMixDataset(_RealCases(), pool, 0.5, seed=3, rank=0)
+    dataset.load_case(dataset.identifiers[-1])  # the trainer's process drew first: its state must not be inherited
+    first = _worker_streams(dataset, workers)
+    assert first[0] != first[1]  # two workers: two slot streams
+    assert _worker_streams(dataset, workers) == first  # same seed, rank and workers: the same streams
+    assert _worker_streams(pickle.loads(pickle.dumps(dataset)), workers) == first  # a pickled copy too
+    other_seed = _worker_streams(SyntheticMixDataset(_RealCases(), pool, 0.5, seed=4, rank=0), workers)
+    other_rank = _worker_streams(SyntheticMixDataset(_RealCases(), pool, 0.5, seed=3, rank=1), workers)
+    assert not set(map(tuple, other_seed)) & set(map(tuple, first))
+    assert not set(map(tuple, other_rank)) & set(map(tuple, first))
+
+
 # ---- 4. accelerate: the configured batch is the global batch -----------------------------------------------------
 
 def test_synthesizer_batch_is_global_under_accelerate():

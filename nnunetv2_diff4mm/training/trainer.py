@@ -126,7 +126,9 @@ class Diff4MMTrainer(nnUNetTrainer):
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         if self._synthetic_ok:
-            dataset_tr = SyntheticMixDataset(dataset_tr, self._pool_folder, self.synthetic_fraction)
+            # slot draws per augmentation worker from (DIFF4MM_SEED, rank, worker), see mixed_dataset.py
+            dataset_tr = SyntheticMixDataset(dataset_tr, self._pool_folder, self.synthetic_fraction, seed=self.seed,
+                                             rank=self.local_rank)
         return dataset_tr, dataset_val
 
     def on_train_start(self):
