@@ -80,6 +80,33 @@ def _fill_cache(normal_dir: str, cases: list[str], cache: str, barrier, result: 
     Path(result).write_text(json.dumps([str(p) for p in out]), encoding="utf-8")
 
 
+# ---- 1. the producer runs on the trainer's own device ----------------------------------------------------------
+
+def test_pool_settings_keep_the_ranks_cuda_index_without_a_gpu(tmp_path):
+    """nnU-Net's DDP rank 1 trains on cuda:1; its background producer must synthesise there too (not on cuda:0,
+    which `device.type` alone gave), with the GPU duty cycle; the CPU keeps the CPU duty."""
+    from nnunetv2_diff4mm.training.synthetic_pool import PoolSettings
+    from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer, pool_settings
+    from synthesis.bundle import resolve_device
+
+    common = dict(folder=tmp_path, bundle=tmp_path / "bundle", normal_files=[tmp_path / "a.npz"], intensity=[],
+                  foreground_labels=[2], size=4, seed=7, duty_cpu=Diff4MMTrainer.synthesis_duty_cpu,
+                  duty_gpu=Diff4MMTrainer.synthesis_duty_gpu)
+    gpu = pool_settings(device=torch.device("cuda", 1), **common)
+    assert isinstance(gpu, PoolSettings) and gpu.device == "cuda:1"
+    assert gpu.duty == Diff4MMTrainer.synthesis_duty_gpu and gpu.seed == 7
+    cpu = pool_settings(device=torch.device("cpu"), **common)
+    assert cpu.device == "cpu" and cpu.duty == Diff4MMTrainer.synthesis_duty_cpu
+    # the string survives the trip to the spawned producer and is what Synthesizer.from_bundle -> load_bundle
+    # parses: it names GPU 1, not GPU 0
+    import pickle
+
+    assert torch.device(pickle.loads(pickle.dumps(gpu)).device) == torch.device("cuda", 1)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            resolve_device(gpu.device)
+
+
 # ---- 2. one cold cache, two writers ------------------------------------------------------------------------------
 
 def test_two_processes_fill_one_cold_normal_cache_at_once(tmp_path):

@@ -32,6 +32,15 @@ def bundle_fingerprint(bundle: Path) -> str:
     return hashlib.sha256((Path(bundle) / "diff4mm_bundle.json").read_bytes()).hexdigest()
 
 
+def pool_settings(device: torch.device, folder, bundle, normal_files, intensity, foreground_labels, size: int,
+                  seed: int, duty_cpu: float, duty_gpu: float) -> PoolSettings:
+    """The background producer's settings. `device` goes over as its full string: under nnU-Net's DDP rank r
+    trains on cuda:r, and `device.type` alone ("cuda") would put every rank's producer on GPU 0."""
+    return PoolSettings(folder=str(folder), bundle=str(bundle), normal_files=[str(p) for p in normal_files],
+                        intensity=list(intensity), foreground_labels=list(foreground_labels), size=size, seed=seed,
+                        device=str(device), duty=duty_cpu if device.type == "cpu" else duty_gpu)
+
+
 class Diff4MMTrainer(nnUNetTrainer):
     synthetic_fraction: float = 0.5  # expected share of training samples that are synthetic
     pool_size: int = 32  # synthetic samples kept on disk and reused with augmentation
@@ -100,11 +109,10 @@ class Diff4MMTrainer(nnUNetTrainer):
             if not normal_files:
                 raise FileNotFoundError(f"none of the {len(tr_keys)} training cases has a normal CT in {normal_dir}")
             mappings = intensity_mappings(self.plans_manager.plans, self.configuration_manager)
-            settings = PoolSettings(
-                folder=str(self._pool_folder), bundle=str(self._bundle), normal_files=[str(p) for p in normal_files],
-                intensity=[m.__dict__ for m in mappings], foreground_labels=list(self.label_manager.foreground_labels),
-                size=self.pool_size, seed=self.seed * 1000 + rank, device=self.device.type,
-                duty=self.synthesis_duty_cpu if self.device.type == "cpu" else self.synthesis_duty_gpu)
+            settings = pool_settings(self.device, self._pool_folder, self._bundle, normal_files,
+                                     [m.__dict__ for m in mappings], self.label_manager.foreground_labels,
+                                     self.pool_size, self.seed * 1000 + rank, self.synthesis_duty_cpu,
+                                     self.synthesis_duty_gpu)
             produce(settings, max_samples=min(self.prefill, self.pool_size))  # inline: first epoch has samples
             status = read_status(self._pool_folder)
             if status.get("error"):
