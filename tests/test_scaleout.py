@@ -218,3 +218,39 @@ def test_synthesizer_batch_is_global_under_accelerate():
     assert per_process_batch(12, 4, "ae_batch") == 3
     with pytest.raises(ValueError, match=r"unet_batch 6 .* 4 processes"):
         per_process_batch(6, 4, "unet_batch")
+
+
+# ---- 5. --c with another bundle ------------------------------------------------------------------------------------
+
+def test_continue_refuses_a_checkpoint_recorded_with_another_bundle(tmp_path, monkeypatch):
+    """A checkpoint as nnU-Net writes it (its MetaLogger's logging, through torch.save/load) that recorded bundle A:
+    continuing with bundle B stops with one line naming both hashes and the override; the same bundle, a
+    checkpoint without synthesis, and DIFF4MM_ALLOW_BUNDLE_CHANGE=1 continue."""
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+
+    from nnunetv2_diff4mm.training.trainer import LOG_KEYS, refuse_bundle_change
+
+    a, b = "a" * 64, "b" * 64
+    logger = MetaLogger(str(tmp_path), False)
+    for key in LOG_KEYS:
+        logger.local_logger.my_fantastic_logging.setdefault(key, [])
+    for epoch, sha in enumerate(["", a, a]):  # epoch 0 ran on real samples only (synthesis was disabled)
+        logger.log("diff4mm_bundle_sha256", sha, epoch)
+    torch.save({"logging": logger.get_checkpoint()}, tmp_path / "checkpoint_latest.pth")
+    resumed = MetaLogger(str(tmp_path), True)
+    resumed.load_checkpoint(torch.load(tmp_path / "checkpoint_latest.pth", weights_only=False)["logging"])
+
+    monkeypatch.delenv("DIFF4MM_ALLOW_BUNDLE_CHANGE", raising=False)
+    lines = []
+    with pytest.raises(SystemExit) as exit_info:
+        refuse_bundle_change(resumed, b, lines.append)
+    message = str(exit_info.value)
+    assert "\n" not in message and message.startswith("error: ")
+    assert a in message and b in message and "DIFF4MM_ALLOW_BUNDLE_CHANGE=1" in message
+    assert lines and a in lines[0]
+    refuse_bundle_change(resumed, a, lines.append)  # same bundle: continues
+    refuse_bundle_change(MetaLogger(str(tmp_path), False), b, lines.append)  # fresh start: nothing recorded
+    monkeypatch.setenv("DIFF4MM_ALLOW_BUNDLE_CHANGE", "1")
+    lines.clear()
+    refuse_bundle_change(resumed, b, lines.append)
+    assert len(lines) == 1 and "DIFF4MM_ALLOW_BUNDLE_CHANGE" in lines[0] and a in lines[0] and b in lines[0]

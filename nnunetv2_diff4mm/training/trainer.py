@@ -25,6 +25,7 @@ from .normal_cases import intensity_mappings, preprocess_normal_cases
 from .synthetic_pool import PoolSettings, produce, read_status, slots
 
 LOG_KEYS = ("diff4mm_synthetic_fraction", "diff4mm_synthesis_seconds_per_sample", "diff4mm_bundle_sha256")
+ENV_ALLOW_BUNDLE_CHANGE = "DIFF4MM_ALLOW_BUNDLE_CHANGE"
 
 
 def bundle_fingerprint(bundle: Path) -> str:
@@ -39,6 +40,28 @@ def pool_settings(device: torch.device, folder, bundle, normal_files, intensity,
     return PoolSettings(folder=str(folder), bundle=str(bundle), normal_files=[str(p) for p in normal_files],
                         intensity=list(intensity), foreground_labels=list(foreground_labels), size=size, seed=seed,
                         device=str(device), duty=duty_cpu if device.type == "cpu" else duty_gpu)
+
+
+def refuse_bundle_change(logger, current_sha: str, log=print) -> None:
+    """On `--c`: nnU-Net's load_checkpoint has restored the logging of the epochs already trained. If the last
+    bundle they recorded is not the bundle about to be used, stop with one line (SystemExit) unless
+    DIFF4MM_ALLOW_BUNDLE_CHANGE=1, which continues and writes the change into the log. Epochs trained on real
+    samples only (recorded as "") and a fresh start (nothing recorded) compare with nothing."""
+    try:
+        recorded = [sha for sha in logger.get_value("diff4mm_bundle_sha256", step=None) if sha]
+    except KeyError:  # a checkpoint of a trainer that did not log it
+        recorded = []
+    if not recorded or not current_sha or recorded[-1] == current_sha:
+        return
+    if os.environ.get(ENV_ALLOW_BUNDLE_CHANGE) == "1":
+        log(f"Diff4MM: warning: continuing a checkpoint trained with bundle sha256 {recorded[-1]} with bundle "
+            f"sha256 {current_sha} ({ENV_ALLOW_BUNDLE_CHANGE}=1)")
+        return
+    message = (f"Diff4MMTrainer: the checkpoint was trained with bundle sha256 {recorded[-1]}, the current bundle is "
+               f"sha256 {current_sha}; continue with the bundle it was trained with, start a new training, or set "
+               f"{ENV_ALLOW_BUNDLE_CHANGE}=1 to continue anyway")
+    log(f"Diff4MM: refused: {message}")
+    raise SystemExit(f"error: {message}")
 
 
 class Diff4MMTrainer(nnUNetTrainer):
@@ -101,6 +124,7 @@ class Diff4MMTrainer(nnUNetTrainer):
                 raise FileNotFoundError(f"no normal CTs at {normal_dir} (run diff4mm_inpaint, or set "
                                         f"{conventions.ENV_NORMAL})")
             self._bundle_sha = bundle_fingerprint(self._bundle)
+            refuse_bundle_change(self.logger, self._bundle_sha, self.print_to_log_file)  # --c: logging is restored
             tr_keys, _ = self.do_split()
             start = time.perf_counter()
             normal_files = preprocess_normal_cases(
