@@ -9,6 +9,8 @@ first registration.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -185,8 +187,10 @@ def load_predictor(info: ModelInfo, device: str = "auto", tta: bool = True):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch_device = resolve_device(device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
-                                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(info.folder), list(info.folds), info.checkpoint)
+    # nnU-Net prints its trainer search and a CPU notice on stdout: not the command's output (errors still raise)
+    with contextlib.redirect_stdout(io.StringIO()):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                    perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(info.folder), list(info.folds), info.checkpoint)
     return predictor

@@ -91,6 +91,7 @@ class CaseResult:
     segmentation: sitk.Image | None = None  # None when the case was skipped (done before)
     skipped: bool = False
     output: Path | None = None
+    registered: dict[str, sitk.Image] | None = None  # the phases as the model saw them (reference grid)
 
 
 class Diff4MMModel:
@@ -385,7 +386,7 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
     record["input_key"] = key
     if paths is not None:
         _write_text_atomic(paths["json"], json.dumps(record, indent=1))  # last: marks the case done
-    return CaseResult(case.name, record, segmentation, False, paths["segmentation"] if paths else None)
+    return CaseResult(case.name, record, segmentation, False, paths["segmentation"] if paths else None, registered)
 
 
 def predict_folder(input_dir, output_dir, model, settings: PredictionSettings = PredictionSettings(), *,
