@@ -254,3 +254,14 @@ def test_continue_refuses_a_checkpoint_recorded_with_another_bundle(tmp_path, mo
     lines.clear()
     refuse_bundle_change(resumed, b, lines.append)
     assert len(lines) == 1 and "DIFF4MM_ALLOW_BUNDLE_CHANGE" in lines[0] and a in lines[0] and b in lines[0]
+
+
+def test_each_folder_of_normal_cts_has_its_own_cache(tmp_path, monkeypatch):
+    """A learned fill and a median fill (or two folds' inpainters) of the same cases never share cached files."""
+    from nnunetv2_diff4mm.training.normal_cases import cache_folder
+
+    learned, median = tmp_path / "normal_fold5", tmp_path / "normal_median_fold5"
+    assert cache_folder(tmp_path / "c", learned) != cache_folder(tmp_path / "c", median)
+    assert cache_folder(tmp_path / "c", learned).name.startswith("normal_normal_fold5_")
+    monkeypatch.chdir(tmp_path)  # the same folder named relatively is the same cache
+    assert cache_folder(tmp_path / "c", Path("normal_fold5")) == cache_folder(tmp_path / "c", learned)

@@ -2,8 +2,8 @@
 
 The synthesizer paints tumors into these; doing it in preprocessed space means a synthetic sample enters
 nnU-Net's data loader exactly like a real one (same spacing, crop and CT normalisation). Cached as .npz in
-`$nnUNet_preprocessed/DatasetXXX/diff4mm/<plans>_<configuration>/normal/` and reused while the source files
-and plans are unchanged.
+`$nnUNet_preprocessed/DatasetXXX/diff4mm/<plans>_<configuration>/normal_<source folder>_<hash>/` (one cache per
+folder of normal CTs, `cache_folder`) and reused while the source files and plans are unchanged.
 
 The cache is shared by every rank, fold and trainer variant of a plans/configuration, which nnU-Net users start
 side by side, so any number of processes may fill it at once: each case is written once, under its own file lock
@@ -59,6 +59,16 @@ def intensity_mappings(plans: dict, configuration_manager) -> list[IntensityMapp
         raise ValueError(f"Diff4MMTrainer needs CT normalisation on every channel (dataset.json channel_names "
                          f"'CT'); the plans use {schemes}")
     return [IntensityMapping.from_plans(plans, c) for c in range(len(schemes))]
+
+
+def cache_folder(cache_root: Path, normal_dir: Path) -> Path:
+    """The cache of one folder of normal CTs: `cache_root/normal_<folder name>_<sha256 of its path, 10 hex>`.
+
+    One cache per source folder, because folds and ablations hold different normal CTs of the same cases (fold 5's
+    inpainter vs fold 6's, a learned fill vs a median fill): cached by case name alone, two trainings started side by
+    side would rewrite each other's files, and one would paint into the other's normal CTs."""
+    key = hashlib.sha256(str(Path(normal_dir).resolve()).encode("utf-8")).hexdigest()[:10]
+    return Path(cache_root) / f"normal_{Path(normal_dir).name}_{key}"
 
 
 def _fingerprint(files: list[Path], plans_identifier: str, configuration: str) -> str:

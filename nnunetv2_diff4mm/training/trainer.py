@@ -21,7 +21,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from .. import conventions
 from .leakage import LeakError, refuse_leak
 from .mixed_dataset import SyntheticMixDataset, fallback_count, is_synthetic
-from .normal_cases import intensity_mappings, preprocess_normal_cases
+from .normal_cases import cache_folder, intensity_mappings, preprocess_normal_cases
 from .synthetic_pool import PoolSettings, produce, read_status, slots
 
 LOG_KEYS = ("diff4mm_synthetic_fraction", "diff4mm_synthesis_seconds_per_sample", "diff4mm_bundle_sha256")
@@ -129,7 +129,7 @@ class Diff4MMTrainer(nnUNetTrainer):
             start = time.perf_counter()
             normal_files = preprocess_normal_cases(
                 normal_dir, list(tr_keys), len(self.dataset_json["channel_names"]), self.dataset_json["file_ending"],
-                cache / "normal", self.plans_manager, self.configuration_manager, self.dataset_json)
+                cache_folder(cache, normal_dir), self.plans_manager, self.configuration_manager, self.dataset_json)
             if not normal_files:
                 raise FileNotFoundError(f"none of the {len(tr_keys)} training cases has a normal CT in {normal_dir}")
             mappings = intensity_mappings(self.plans_manager.plans, self.configuration_manager)
@@ -143,7 +143,8 @@ class Diff4MMTrainer(nnUNetTrainer):
                 raise RuntimeError(status["error"])
             self.print_to_log_file(
                 f"Diff4MM: bundle {self._bundle} (sha256 {self._bundle_sha[:12]}), {len(normal_files)} normal CTs "
-                f"cached, {status['produced']} synthetic samples prefilled in {time.perf_counter() - start:.1f} s; "
+                f"of {normal_dir} cached, {status['produced']} synthetic samples prefilled in "
+                f"{time.perf_counter() - start:.1f} s; "
                 f"synthetic fraction {self.synthetic_fraction}")
             ctx = mp.get_context("spawn")
             self._stop = ctx.Event()
