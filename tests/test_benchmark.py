@@ -362,6 +362,10 @@ class Diff4MMTrainer_BenchmarkTest(Diff4MMTrainer):
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
+
+
+class Diff4MMTrainer_BenchmarkTestMedianFill(Diff4MMTrainer_BenchmarkTest):
+    """The ablation arm (m)'s name for the same trainer."""
 '''
 
 
@@ -451,7 +455,7 @@ def test_arm_c_models_see_only_the_jobs_training_cases(tmp_path, nnunet_env, mon
     raw = nnunet_env.raw / "Dataset851_Leak"
     _raw_from_phantom(phantom, raw, names[:4], names[4:])
     settings = B.BenchmarkSettings(
-        dataset="851", output=tmp_path / "out", folds=(0,), fractions=(1.0,), arms=("c",), phantom=phantom,
+        dataset="851", output=tmp_path / "out", folds=(0,), fractions=(1.0,), arms=("c", "m"), phantom=phantom,
         trainers=("nnUNetTrainer_BenchmarkTest", "Diff4MMTrainer_BenchmarkTest"), num_processes=1,
         inpainter_args=("--preset", "tiny", "--epochs", "1"), synthesizer_args=("--preset", "tiny"))
     B.run_benchmark(settings)
@@ -469,3 +473,11 @@ def test_arm_c_models_see_only_the_jobs_training_cases(tmp_path, nnunet_env, mon
     log = next((nnunet_env.results / raw.name / "Diff4MMTrainer_BenchmarkTest__Diff4MMCPUPlans__3d_fullres" /
                 "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "synthesizer_fold0" in log and "synthesis disabled" not in log
+    # the Table 5 ablation (m): the same fold's bundle painting into median-filled normal CTs of the same cases
+    median = raw / "diff4mm" / "normal_median_fold0"
+    assert normal_lineage(median) == set()  # a classical fill learns from no case
+    assert {p.name[: -len(".nii.gz")] for p in (median / "labelsTr").iterdir()} == train
+    log = next((nnunet_env.results / raw.name / "Diff4MMTrainer_BenchmarkTestMedianFill__Diff4MMCPUPlans__3d_fullres" /
+                "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
+    assert "synthesizer_fold0" in log and f"normal CTs of {median} cached" in log and "synthesis disabled" not in log
+    assert {r["method"] for r in R.read_csv(tmp_path / "out" / "per_case.csv")} == {C, "m_diff4mm_medianfill"}

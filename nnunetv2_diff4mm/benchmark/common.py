@@ -25,16 +25,29 @@ class Arm:
     label: str
     derived: bool  # trains on the derived reference-phase dataset
     role: str  # "baseline" or "diff4mm": which trainer of the preset
+    # diff4mm arms: the classical fill (synthesis/inpainting.py CLASSICAL_METHODS) of the normal CTs the tumors are
+    # painted into, instead of the learned inpainter's; such an arm trains MEDIAN_FILL_SUFFIX-named trainers
+    normal_fill: str | None = None
 
 
 ARMS = (
     Arm("a", "a_nnunet_refphase", "(a) nnU-Net, reference phase only", True, "baseline"),
     Arm("b", "b_nnunet_allphases", "(b) nnU-Net, all registered phases", False, "baseline"),
     Arm("c", "c_diff4mm", "(c) Diff4MM, all phases + synthetic tumors", False, "diff4mm"),
+    # Table 5's ablation: the paper replaces the inpainter by a median filter (79.0 -> 74.8 tumor Dice)
+    Arm("m", "m_diff4mm_medianfill", "(m) Diff4MM, median-filled normal CTs (Table 5 ablation)", False, "diff4mm",
+        normal_fill="median"),
 )
 ARM_BY_KEY = {a.key: a for a in ARMS}
 ARM_BY_METHOD = {a.method: a for a in ARMS}
-PAIRS = (("c", "b"), ("b", "a"))  # paired differences reported: first minus second
+PAIRS = (("c", "b"), ("b", "a"), ("c", "m"))  # paired differences reported: first minus second
+MEDIAN_FILL_SUFFIX = "MedianFill"  # arm (m)'s trainer: <Diff4MM trainer>MedianFill, so its results folder differs
+
+
+def arm_trainer(arm: Arm, baseline_trainer: str, diff4mm_trainer: str) -> str:
+    if arm.role == "baseline":
+        return baseline_trainer
+    return diff4mm_trainer + (MEDIAN_FILL_SUFFIX if arm.normal_fill else "")
 
 # Table 2's protocol (paper, zero-shot single-phase test): every multi-phase model also predicts the test cases with
 # the reference phase copied into all its channels; those rows carry the arm's method plus this suffix.

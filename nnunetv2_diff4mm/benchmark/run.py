@@ -43,14 +43,14 @@ from .. import conventions
 from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
-from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
+from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
                      _write_json_atomic, dataset_id_and_name, method_labels, read_dataset_json, reference_channel,
                      refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
                       prepare_derived_preprocessed, preprocessing_complete, write_reference_copied_inputs)
 from .nnunet_runs import fold_folder, predict_job, run_logged, synthesis_disabled, train_job
 from .references import collect_references
-from .synthesis_models import prepare_synthesis_models
+from .synthesis_models import prepare_classical_normals, prepare_synthesis_models
 
 
 def _resolve_device(device: str) -> str:
@@ -81,7 +81,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     arms = [ARM_BY_KEY[k] for k in ARM_BY_KEY if k in s.arms]
     unknown = set(s.arms) - set(ARM_BY_KEY)
     if unknown or not arms:
-        raise BenchmarkError(f"--arms {' '.join(s.arms)}: choose from a, b, c")
+        raise BenchmarkError(f"--arms {' '.join(s.arms)}: choose from {', '.join(ARM_BY_KEY)}")
     fractions = sorted(set(float(f) for f in s.fractions))
     if any(not 0 < f <= 1 for f in fractions):
         raise BenchmarkError(f"--fractions {' '.join(f'{f:g}' for f in s.fractions)}: each must be in (0, 1]")
@@ -140,7 +140,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     prep_seconds = time.perf_counter() - t0
 
     jobs = [Job(arm, f, k, fold_index[(f, k)], derived_name if arm.derived else source_name,
-                diff4mm_trainer if arm.role == "diff4mm" else baseline_trainer, preset.plans, configuration)
+                arm_trainer(arm, baseline_trainer, diff4mm_trainer), preset.plans, configuration)
             for arm in arms for f in fractions for k in s.folds]
     n_train = {f: len(splits[fold_index[(f, s.folds[0])]]["train"]) for f in fractions}
 
@@ -163,8 +163,12 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
             if status == "trained":
                 record["synthesis_models_s"] = time.perf_counter() - start
             record["synthesis_models_status"] = status
+        job_env = env
+        if job.arm.normal_fill:  # the ablation's own normal CTs, where its trainer reads them
+            job_env = {**env, conventions.ENV_NORMAL: str(prepare_classical_normals(
+                job, source_raw, job.arm.normal_fill, out / "logs", runner, env))}
         start = time.perf_counter()
-        status = train_job(job, roots.results, device, out / "logs", runner, env)
+        status = train_job(job, roots.results, device, out / "logs", runner, job_env)
         if status == "trained":
             record["train_s"] = time.perf_counter() - start
         record["train_status"] = status

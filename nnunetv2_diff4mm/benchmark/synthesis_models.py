@@ -41,3 +41,20 @@ def prepare_synthesis_models(job: Job, raw_folder: Path, args: tuple[tuple[str, 
         raise BenchmarkError(f"{conventions.bundle_folder(raw_folder, fold)}: diff4mm_train_synthesizer ended "
                              f"without a bundle (log {log})")
     return "trained"
+
+
+def prepare_classical_normals(job: Job, raw_folder: Path, method: str, log_dir: Path, runner,
+                              env: dict | None = None) -> Path:
+    """Normal CTs of the job's training cases filled by `method` (diff4mm_inpaint --method; no model, so nothing
+    to leak) in DATASET/diff4mm/normal_<method>_foldF; skipped when its normal.json exists. Returns the folder."""
+    from synthesis.normal_dataset import RECORD
+
+    fold = job.nnunet_fold
+    folder = Path(raw_folder) / conventions.SUBFOLDER / f"normal_{method.replace('+', '_')}_fold{fold}"
+    if not (folder / RECORD).is_file():
+        log = Path(log_dir) / f"normal_{method}_{job.key.replace('/', '_')}.log"
+        runner([sys.executable, "-m", "nnunetv2_diff4mm.cli.inpaint", "-d", raw_folder.name, "-f", str(fold),
+                "--method", method, "-o", str(folder)], log, env)
+        if not (folder / RECORD).is_file():
+            raise BenchmarkError(f"{folder}: diff4mm_inpaint --method {method} ended without {RECORD} (log {log})")
+    return folder

@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnU-Net configuration (default: the preset's, 2d for evidence, else 3d_fullres)")
     parser.add_argument("--trainers", nargs=2, default=None, metavar=("BASELINE", "DIFF4MM"),
                         help="override the preset's trainer classes: baseline for arms a and b, Diff4MM for arm c")
-    parser.add_argument("--arms", nargs="+", choices=[a.key for a in ARMS], default=[a.key for a in ARMS],
-                        help="arms to run (default: a b c; arm c needs the dataset's synthesis bundle)")
+    parser.add_argument("--arms", nargs="+", choices=[a.key for a in ARMS], default=["a", "b", "c"],
+                        help="arms to run: a (reference phase only), b (all phases), c (Diff4MM), m (Diff4MM on "
+                             "median-filled normal CTs, the Table 5 ablation; its trainer is the Diff4MM trainer's "
+                             "name + MedianFill). Default: a b c. Arms c and m train their synthesis models per job")
     refs = parser.add_mutually_exclusive_group(required=True)
     refs.add_argument("--test-labels", type=Path, metavar="DIR",
                       help="folder with the reference label <case><file_ending> of every imagesTs case")

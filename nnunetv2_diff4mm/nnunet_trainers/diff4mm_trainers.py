@@ -105,7 +105,21 @@ class Diff4MMTrainer_Evidence(Diff4MMTrainer):
         _use_evidence_schedule(self)
 
 
+class Diff4MMTrainer_DemoMedianFill(Diff4MMTrainer_Demo):
+    """Diff4MMTrainer_Demo under another name, for the benchmark's Table 5 ablation arm (m): same schedule, its
+    own results folder; the benchmark points it at median-filled normal CTs ($DIFF4MM_NORMAL_DIR)."""
+
+
+class Diff4MMTrainer_EvidenceMedianFill(Diff4MMTrainer_Evidence):
+    """Diff4MMTrainer_Evidence under another name, for the benchmark's ablation arm (m) (see the Demo variant)."""
+
+
+class Diff4MMTrainerMedianFill(Diff4MMTrainer):
+    """Diff4MMTrainer under another name, for the benchmark's ablation arm (m) with the default preset."""
+
+
 __all__ = ["Diff4MMTrainer", "Diff4MMTrainer_synthetic25", "Diff4MMTrainer_synthetic75",
            "Diff4MMTrainer_noSynthesis", "Diff4MMTrainer_250epochs", "nnUNetTrainer_Diff4MMDemo",
            "Diff4MMTrainer_Demo", "nnUNetTrainer_Diff4MMCurve", "nnUNetTrainer_Diff4MMEvidence",
-           "Diff4MMTrainer_Evidence"]
+           "Diff4MMTrainer_Evidence", "Diff4MMTrainer_DemoMedianFill", "Diff4MMTrainer_EvidenceMedianFill",
+           "Diff4MMTrainerMedianFill"]
