@@ -1,0 +1,139 @@
+"""diff4mm_predict on held-out phantom cases from their raw folders: which liver mask the registration uses.
+
+For each held-out case (``test_*`` of a phantom, unregistered phases with known motion) and each first-pass
+mode, ``predict_case`` segments the case and this compares with the phantom's truth on the PVP grid:
+
+  model  the trained model on the unregistered phases finds the liver (diff4mm_predict's default)
+  label  the case's true label as the registration mask (the upper bound)
+  body   no liver: the body-mask fallback (what diff4mm_register does for unlabelled cases)
+
+Figures per mode: liver and tumor Dice (evaluation/metrics.py), registration MAE in the 10 mm-dilated true liver
+registered / unregistered per phase (as evaluation/registration_error.py), seconds per case. Example (the
+evidence run's arm (b) model, 2d CPU plans, fold 5 = labelled fraction 0.15 of fold 0):
+
+    nnUNet_results=/path/to/nnUNet_results python benchmarks/prediction.py --phantom phantom -d 601 \\
+        -tr nnUNetTrainer_Diff4MMEvidence -p Diff4MMCPUPlans -c 2d -f 5 --cases 4 -o prediction_bench
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nnunetv2_diff4mm.evaluation.metrics import evaluate_case  # noqa: E402
+from nnunetv2_diff4mm.inference.model import find_model_folder  # noqa: E402
+from nnunetv2_diff4mm.inference.predict import Diff4MMModel, PredictionSettings, predict_case  # noqa: E402
+
+MODES = ("model", "label", "body")
+LIVER_MARGIN_MM = 10.0
+
+
+def _on(image: sitk.Image, grid: sitk.Image, nearest: bool = False) -> np.ndarray:
+    interp = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), interp,
+                                                0.0 if nearest else -1024.0, sitk.sitkFloat32))
+
+
+def mae(phantom: Path, case: str, registered: dict[str, sitk.Image], reference: str) -> dict[str, tuple[float, float]]:
+    """{phase: (unregistered MAE, registered MAE)} in the 10 mm-dilated true liver (HU)."""
+    from registration.register import dilate_mm
+
+    gt = phantom / "ground_truth" / case
+    region = dilate_mm(sitk.ReadImage(str(gt / "label.nii.gz")) > 0, LIVER_MARGIN_MM)
+    out = {}
+    for phase, image in registered.items():
+        if phase == reference:
+            continue
+        mask = _on(region, image, nearest=True) > 0
+        truth = _on(sitk.ReadImage(str(gt / f"{phase}_aligned.nii.gz")), image)
+        raw = _on(sitk.ReadImage(str(phantom / case / f"{phase}.nii.gz")), image)
+        valid = mask & (truth > -1000)
+        reg = sitk.GetArrayFromImage(image).astype(np.float32)
+        out[phase] = (float(np.abs(raw - truth)[valid].mean()), float(np.abs(reg - truth)[valid].mean()))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phantom", required=True, type=Path)
+    parser.add_argument("-d", required=True)
+    parser.add_argument("-tr", default="Diff4MMTrainer")
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-c", default="3d_fullres")
+    parser.add_argument("-f", nargs="+", default=["0"])
+    parser.add_argument("-device", default="auto")
+    parser.add_argument("--cases", type=int, default=4, help="N held-out cases (default 4)")
+    parser.add_argument("--start", type=int, default=0, help="skip the first S held-out cases (default 0)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("-o", required=True, type=Path)
+    args = parser.parse_args()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    model = Diff4MMModel.open(find_model_folder(args.d, args.tr, args.p, args.c), args.f, device=args.device)
+    ref = model.info.reference
+    cases = sorted(p.name for p in args.phantom.iterdir() if p.is_dir() and p.name.startswith("test_"))
+    cases = cases[args.start:args.start + args.cases]
+    rows = []
+    for case in cases:
+        for mode in args.modes:
+            # the raw phases; "label" mode also gets the true label beside them (the registration's mask)
+            case_dir = args.o / "inputs" / mode / case
+            case_dir.mkdir(parents=True, exist_ok=True)
+            for phase in model.info.phases:
+                link = case_dir / f"{phase}.nii.gz"
+                if not link.exists():
+                    link.symlink_to((args.phantom / case / f"{phase}.nii.gz").resolve())
+            if mode == "label" and not (case_dir / "label.nii.gz").exists():
+                (case_dir / "label.nii.gz").symlink_to((args.phantom / "ground_truth" / case / "label.nii.gz").resolve())
+            start = time.perf_counter()
+            result = predict_case(case_dir, model, args.o / mode, PredictionSettings(first_pass=mode), resume=False)
+            wall = time.perf_counter() - start
+            truth = sitk.ReadImage(str(args.phantom / "ground_truth" / case / "label.nii.gz"))
+            scores = evaluate_case(result.segmentation, truth, name=case)
+            errors = mae(args.phantom, case, result.registered, ref)
+            row = {"case": case, "mode": mode, "mask": result.record["registration"]["mask"],
+                   "first_pass_liver_ml": result.record["first_pass"].get("liver_ml"),
+                   "liver_dice": scores["liver_dice"], "tumor_dice": scores["tumor_dice"],
+                   "seconds": round(wall, 1),
+                   **{f"{k}_s": v for k, v in result.record["seconds"].items()}}
+            for phase, (raw, reg) in errors.items():
+                row[f"mae_ratio_{phase}"] = round(reg / raw, 4) if raw > 0 else None
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    args.o.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(args.o / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    phases = [p for p in model.info.phases if p != ref]
+    lines = [f"| first pass | liver Dice | tumor Dice | MAE ratio {'/'.join(phases)} | s/case |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for mode in args.modes:
+        sel = [r for r in rows if r["mode"] == mode]
+        if not sel:
+            continue
+
+        def m(key):
+            values = [r[key] for r in sel if r.get(key) is not None and not np.isnan(r[key])]
+            return (float(np.mean(values)), float(np.std(values))) if values else (float("nan"), 0.0)
+
+        ratios = "/".join(f"{m(f'mae_ratio_{p}')[0]:.3f}" for p in phases)
+        lines.append(f"| {mode} | {m('liver_dice')[0]:.3f} ± {m('liver_dice')[1]:.3f} | "
+                     f"{m('tumor_dice')[0]:.3f} ± {m('tumor_dice')[1]:.3f} | {ratios} | {m('seconds')[0]:.0f} |")
+    text = "\n".join(lines) + "\n"
+    (args.o / "summary.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
