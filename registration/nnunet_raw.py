@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +100,7 @@ class Job:
     phases: tuple[str, ...]
     reference: str
     settings: dict
-    montage: bool
+    montage_fn: Callable | None  # montage_fn(phases, label, path, title=...) draws the QA PNG; None: none
     inputs: dict | None = None  # case_input_digests of the case
     input_key: str | None = None  # what the case's outputs are made from (see _input_key)
 
@@ -437,10 +437,8 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
         (dataset / "labelsTr").mkdir(parents=True, exist_ok=True)
         write_image_atomic(label, dataset / "labelsTr" / f"{case.name}.nii.gz")
     step[0] = "the QA montage"
-    if job.montage:
-        from nnunetv2_diff4mm.visualization import montage  # QA only; registration itself never needs it
-
-        montage(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
+    if job.montage_fn is not None:
+        job.montage_fn(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
     record["flagged"] = flag_reasons(record)
     record["inputs"] = job.inputs
     record["input_key"] = job.input_key
@@ -472,13 +470,16 @@ def _summary_rows(records: list[dict]) -> list[dict]:
 
 def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, phases=DEFAULT_PHASES,
                              reference: str = DEFAULT_REFERENCE, num_processes: int = 1, overwrite: bool = False,
-                             settings: RegistrationSettings = RegistrationSettings(), montages: bool = True,
+                             settings: RegistrationSettings = RegistrationSettings(),
+                             montage_fn: Callable | None = None,
                              progress: bool = True, other_roots: Sequence[tuple[str, Path]] = (),
                              allow_failed: bool = False) -> Path:
     """Validate, register and write the whole dataset (resumable); returns the dataset folder.
 
     ``other_roots``: (name, folder) of further nnU-Net roots (nnUNet_preprocessed, nnUNet_results; see
     :func:`nnunet_roots_from_env`) in which the dataset ID must not belong to another dataset name.
+    ``montage_fn(phases, label, path, title=...)``, a module-level function (it goes to the worker processes),
+    draws each case's QA PNG (the CLI passes nnunetv2_diff4mm.visualization.montage); None draws none.
     ``overwrite`` replaces only this stage's outputs of an existing dataset (see :func:`_clear_own_outputs`).
     A re-run redoes the cases whose input content changed and removes those gone from the input, one line on
     stdout per such action. The dataset folder is locked for the run (:func:`dataset_lock`). Phases whose
@@ -503,12 +504,12 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         # Under the lock: another run may have made a DatasetXXX_<other name> since the check above.
         _check_id_free(nnunet_raw, dataset_id, name, other_roots)
         target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
-        return _write_locked(target, cases, name, fingerprint, num_processes, montages, progress, allow_failed,
+        return _write_locked(target, cases, name, fingerprint, num_processes, montage_fn, progress, allow_failed,
                              tqdm)
 
 
 def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: dict, num_processes: int,
-                  montages: bool, progress: bool, allow_failed: bool, tqdm) -> Path:
+                  montage_fn: Callable | None, progress: bool, allow_failed: bool, tqdm) -> Path:
     """:func:`write_registered_dataset`'s work once the dataset folder is locked and checked."""
     phases, reference = fingerprint["phases"], fingerprint["reference"]
     qa_root = target / QA_SUBFOLDER
@@ -543,7 +544,7 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
             else:
                 actions[case.name] = f"{case.name}: input changed{_changed(old.get('inputs'), inputs)}, re-registered"
         _remove_case_outputs(target, case.name, len(phases))  # a changed, moved or unfinished case starts clean
-        jobs.append(Job(case, str(target), tuple(phases), reference, fingerprint["settings"], montages, inputs, key))
+        jobs.append(Job(case, str(target), tuple(phases), reference, fingerprint["settings"], montage_fn, inputs, key))
     bar = tqdm(total=len(cases), initial=len(done), desc="registering cases", unit="case",
                disable=not progress)
 

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from nnunetv2_diff4mm.evaluation.registration_error import case_errors
 from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
+from nnunetv2_diff4mm.visualization import montage
 from registration.inputs import InputError
 from registration.nnunet_raw import DatasetExistsError, write_registered_dataset
 from registration.register import RegistrationSettings
@@ -24,8 +25,16 @@ def registered(tmp_path_factory):
     root = tmp_path_factory.mktemp("reg")
     write_phantom_dataset(root / "phantom", PhantomConfig(seed=2, spacing=(5.0, 5.0, 8.0)), cases=2, test_cases=1,
                           progress=False)
-    target = write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", settings=DEFAULT, progress=False)
+    # the QA montage comes from the plugin, passed in: registration/ never imports nnunetv2_diff4mm
+    target = write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", settings=DEFAULT, progress=False,
+                                      num_processes=2, montage_fn=montage)
     return root, target
+
+
+def test_the_montage_function_passed_in_draws_every_cases_qa_picture(registered):
+    root, target = registered
+    pictures = sorted(p.parent.name for p in (target / "diff4mm" / "registration").glob("*/montage.png"))
+    assert pictures == ["case_000", "case_001", "test_000"]
 
 
 def test_layout_and_dataset_json_follow_nnunet(registered):

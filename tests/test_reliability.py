@@ -142,7 +142,7 @@ def test_every_whole_file_passes_and_every_cut_is_found(tmp_path):
 def test_overwrite_replaces_only_the_registration_outputs(phantom, tmp_path, capsys):
     raw = tmp_path / "raw"
     first = copy_input(phantom, tmp_path / "first")
-    target = write_registered_dataset(first, 506, "Keep", raw, settings=FAST, montages=False, progress=False)
+    target = write_registered_dataset(first, 506, "Keep", raw, settings=FAST, progress=False)
     assert sorted(p.name for p in (target / "imagesTs").iterdir())[0] == "test_000_0000.nii.gz"
     kept = {"diff4mm/normal/imagesTr/case_000_0000.nii.gz": "normal", "diff4mm/inpainter/model.json": "inpainter",
             "diff4mm/synthesizer/bundle.json": "bundle", "notes.txt": "the user's", "imagesTs/mine_0000.nii.gz": "own"}
@@ -151,9 +151,9 @@ def test_overwrite_replaces_only_the_registration_outputs(phantom, tmp_path, cap
         (target / rel).write_text(text, encoding="utf-8")
     second = copy_input(phantom, tmp_path / "second", cases=("case_000",))  # another input: no test case
     with pytest.raises(DatasetExistsError, match="pass --overwrite"):
-        write_registered_dataset(second, 506, "Keep", raw, settings=FAST, montages=False, progress=False)
+        write_registered_dataset(second, 506, "Keep", raw, settings=FAST, progress=False)
     capsys.readouterr()
-    write_registered_dataset(second, 506, "Keep", raw, settings=FAST, montages=False, progress=False,
+    write_registered_dataset(second, 506, "Keep", raw, settings=FAST, progress=False,
                              overwrite=True)
     for rel, text in kept.items():
         assert (target / rel).read_text(encoding="utf-8") == text, rel
@@ -282,7 +282,7 @@ def test_a_registration_failure_is_one_line_and_leaves_no_partial_case(phantom, 
 
     rewrite(data / "case_000" / "AP.nii.gz", nearly_constant)
     with pytest.raises(InputError, match=r"^case_000: registration failed at phase AP \(case_000/AP\.nii\.gz\)") as info:
-        write_registered_dataset(data, 509, "Net", tmp_path / "raw", settings=FAST, montages=False, progress=False)
+        write_registered_dataset(data, 509, "Net", tmp_path / "raw", settings=FAST, progress=False)
     assert "\n" not in str(info.value)
     target = tmp_path / "raw" / "Dataset509_Net"
     assert not list((target / "imagesTr").glob("case_000_*")) if (target / "imagesTr").exists() else True
@@ -303,7 +303,7 @@ def test_resume_redoes_exactly_the_cases_whose_inputs_changed(phantom, tmp_path,
 
     def run() -> list[str]:
         capsys.readouterr()
-        write_registered_dataset(data, 511, "Resume", raw, settings=FAST, montages=False, progress=False)
+        write_registered_dataset(data, 511, "Resume", raw, settings=FAST, progress=False)
         return capsys.readouterr().out.splitlines()
 
     assert run() == []
@@ -437,7 +437,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(phantom, tmp_path, capsys):
     pid = int(dead.stdout)  # that process has exited: its lock is stale
     lock = target / LOCK_NAME
     lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}), encoding="utf-8")
-    write_registered_dataset(data, 514, "Stale", raw, settings=FAST, montages=False, progress=False)
+    write_registered_dataset(data, 514, "Stale", raw, settings=FAST, progress=False)
     err = capsys.readouterr().err.splitlines()
     assert err == [f"warning: {lock}: stale lock of pid {pid} on this host (that run ended without releasing it), "
                    "taken over"]
@@ -446,7 +446,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(phantom, tmp_path, capsys):
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.invalid"}), encoding="utf-8")
     shutil.rmtree(target / "imagesTr")
     with pytest.raises(InputError, match=r"left by pid 1 on host elsewhere\.invalid, another machine"):
-        write_registered_dataset(data, 514, "Stale", raw, settings=FAST, montages=False, progress=False)
+        write_registered_dataset(data, 514, "Stale", raw, settings=FAST, progress=False)
     assert lock.exists() and not (target / "imagesTr").exists()
 
 
@@ -473,7 +473,7 @@ def test_a_truncated_file_of_a_registered_dataset_is_not_read_as_zeros(phantom, 
 
     raw = write_registered_dataset(copy_input(phantom, tmp_path / "in", cases=("case_000",)), 508, "Cut",
                                    tmp_path / "raw", settings=RegistrationSettings().without_bspline(),
-                                   montages=False, progress=False)
+                                   progress=False)
     load_case(raw, "case_000", normal=False)  # whole: reads
     cut(raw / "imagesTr" / "case_000_0001.nii.gz", 0.5)
     with pytest.raises(DatasetError, match=r"case_000_0001\.nii\.gz: phase AP of case_000: truncated: "):

@@ -37,7 +37,7 @@ def nnunet_env(tmp_path_factory):
     write_phantom_dataset(root / "phantom", PhantomConfig(seed=4, spacing=(5.0, 5.0, 8.0)), cases=3,
                           progress=False)
     raw = write_registered_dataset(root / "phantom", DATASET, "Trainer", root / "raw",
-                                   settings=RegistrationSettings().without_bspline(), montages=False, progress=False)
+                                   settings=RegistrationSettings().without_bspline(), progress=False)
     subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.plan_cpu", "-d", str(DATASET), "-np", "1"], env=env, check=True, capture_output=True)
     from synthesis.dataset_io import load_training_cases
     from synthesis.normal_dataset import inpaint_dataset

@@ -13,6 +13,7 @@ from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_R
                                      RegistrationFlaggedError, nnunet_roots_from_env, write_registered_dataset)
 from registration.register import RegistrationSettings
 
+from ..visualization import montage
 from .arg_types import at_least_one
 from .errors import add_debug_argument, reported_errors
 
@@ -75,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.without_bspline()
     target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
                                       args.reference, args.num_processes, args.overwrite, settings,
-                                      montages=not args.no_montages, other_roots=nnunet_roots_from_env(),
+                                      montage_fn=None if args.no_montages else montage,
+                                      other_roots=nnunet_roots_from_env(),
                                       allow_failed=args.allow_failed)
     print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
     return 0
