@@ -47,6 +47,7 @@ setup(
         "numpy",
         "scipy",
         "tqdm",
+        "filelock",  # the normal-CT cache's per-case locks (training/normal_cases.py)
         "matplotlib",
     ],
     extras_require={

@@ -18,7 +18,7 @@ def test_wheel_carries_the_nnunet_startup_hook(tmp_path):
     assert "nnunetv2_diff4mm/nnunet_trainers/diff4mm_trainers.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for script in ("diff4mm_phantom", "diff4mm_validate", "diff4mm_register", "diff4mm_inpaint",
-                   "diff4mm_train_synthesizer", "diff4mm_demo"):
+                   "diff4mm_train_synthesizer", "diff4mm_demo", "diff4mm_predict", "diff4mm_benchmark"):
         assert script in entry_points
 
 
