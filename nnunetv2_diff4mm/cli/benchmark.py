@@ -9,7 +9,7 @@ from pathlib import Path
 from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM
 from .arg_types import at_least_one, fraction, positive_float
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reference phase name (default: dataset.json's diff4mm.reference)")
     parser.add_argument("--nsd-tolerance-mm", type=positive_float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface Dice tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
-    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=None,
+    add_device_argument(parser, ("cpu", "cuda", "auto"), default=None,
                         help="device for training and inference (default: cpu for --preset cpu, else auto)")
     parser.add_argument("--disable-tta", action="store_true",
                         help="predict without test-time mirroring also in the default preset")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=2, metavar="N",
                         help="worker processes for preprocessing, data augmentation, inference and evaluation "
                              "(default 2)")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

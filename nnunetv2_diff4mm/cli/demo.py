@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..demo import DemoSettings, run_demo
 from .arg_types import positive_float
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this stage (quick looks); default: run everything")
     parser.add_argument("-np", "--num-processes", type=int, default=d.num_processes, metavar="N",
                         help=f"worker processes (default {d.num_processes})")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -8,14 +8,18 @@ The library raises its own error types (DatasetError, BundleError, InpaintingErr
 all ValueError subclasses) with messages of the form ``<file>: <what is wrong>; <fix>``; the wrapper prints
 ``PROG: error: <first line of the message>``. Anything else that escapes (a bug, or a library error nobody
 anticipated) is reported the same way, with its type and a hint, still as one line and exit 1. ``--debug`` on
-the command line (every command accepts it, see ``add_debug_argument``) or ``DIFF4MM_DEBUG=1`` re-raises
+the command line (every command accepts it, see ``add_common_arguments``) or ``DIFF4MM_DEBUG=1`` re-raises
 instead, so the full traceback is there when someone needs it. Ctrl-C exits 130 with one line.
+
+``add_common_arguments`` gives every parser the flags all commands share: ``--debug`` and ``--version``
+(``PROG VERSION``, from the installed package's metadata, else setup.py's ``version=``) (issue #19).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -29,6 +33,46 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help=f"on an error, show the full Python traceback instead of one line (also "
                              f"{DEBUG_ENV}=1)")
+
+
+DISTRIBUTION = "nnunetv2-diff4mm"
+DEVICE_FLAGS = ("-device", "--device")  # nnU-Net's spelling first; --device kept for existing scripts
+
+
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata); from a source tree that was never installed,
+    the ``version="..."`` in setup.py; "unknown" if neither is there."""
+    from importlib import metadata
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    setup_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "setup.py")
+    try:
+        with open(setup_py, encoding="utf-8") as handle:
+            found = re.search(r"""\bversion\s*=\s*["']([^"']+)["']""", handle.read())
+    except OSError:
+        found = None
+    return found.group(1) if found else "unknown"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"{parser.prog} {package_version()}",
+                        help="print the command's name and the package version, then exit")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every ``diff4mm_*`` command takes: ``--debug`` and ``--version``."""
+    add_debug_argument(parser)
+    add_version_argument(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser, choices: Sequence[str] = ("cpu", "cuda", "auto"),
+                        default: str | None = "auto", help: str | None = None) -> None:
+    """``-device`` as in nnU-Net, ``--device`` accepted as well (same dest)."""
+    text = help if help is not None else f"default: {default}"
+    parser.add_argument(*DEVICE_FLAGS, dest="device", choices=tuple(choices), default=default,
+                        help=f"{text} (-device as in nnU-Net; --device also accepted)")
 
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:

@@ -14,7 +14,7 @@ from ..splits import selected_training_cases
 from ..visualization import montage
 from .arg_types import finite_float
 from .case_args import add_case_arguments
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dilation-mm", type=finite_float(0, 100), default=DEFAULT_DILATION_MM,
                         help=f"tumor mask dilation in mm, covering residual misregistration of the other phases "
                              f"and diffuse tumor borders (default {DEFAULT_DILATION_MM:g})")
-    parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
+    add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto",
                         help="where the model runs (default auto: cuda if available)")
     parser.add_argument("-o", "--output", metavar="NORMAL_DIR", default=None,
                         help="output folder (default: DATASET/diff4mm/normal, or normal_foldFOLD with --fold, "
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_case_arguments(parser, "inpaint")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo normal CTs that were made with other settings (otherwise refused)")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, find_cases, load_case
 
 from ..visualization import montage
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"phases to show, in order (default: {' '.join(DEFAULT_PHASES)})")
     parser.add_argument("--reference", default=DEFAULT_REFERENCE,
                         help=f"phase whose grid is used for display (default: {DEFAULT_REFERENCE})")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

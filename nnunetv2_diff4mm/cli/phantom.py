@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ..phantom import PhantomConfig, write_phantom_dataset
 from ..phantom.tissues import MAX_TUMORS
 from .arg_types import finite_float, positive_float
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest cranio-caudal breathing shift of a phase (default 15)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
                         help="cases generated in parallel (default 1)")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from ..planning import CPU_PLANS_NAME
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes for fingerprinting and preprocessing (default 2)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip nnU-Net's dataset integrity check (not recommended)")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from .arg_types import at_least_one, finite_float
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 
 PROG = "diff4mm_predict"
 # the library's defaults, repeated here so that --help needs no torch/nnU-Net import
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"plans identifier (default {DEFAULT_PLANS}; Diff4MMCPUPlans for diff4mm_plan_cpu)")
     parser.add_argument("-chk", dest="checkpoint", default=DEFAULT_CHECKPOINT,
                         help=f"checkpoint file name in each fold folder (default {DEFAULT_CHECKPOINT})")
-    parser.add_argument("-device", dest="device", choices=("cpu", "cuda", "mps", "auto"), default="auto",
+    add_device_argument(parser, ("cpu", "cuda", "mps", "auto"), default="auto",
                         help="torch device (default auto: cuda if available, else cpu)")
     parser.add_argument("-np", dest="num_processes", type=at_least_one, default=1, metavar="N",
                         help="phases of a case registered in parallel processes (default 1)")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phase order, only for a model whose dataset.json has no 'diff4mm' key (otherwise "
                              "read from the model)")
     parser.add_argument("--reference", default=None, help="reference phase, only with --phases")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -15,7 +15,7 @@ from registration.register import RegistrationSettings
 
 from ..visualization import montage
 from .arg_types import at_least_one
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{FLAGGED_EXIT_CODE}")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -10,7 +10,7 @@ from synthesis.dataset_io import synthesize_dataset
 from synthesis.pipeline import Synthesizer
 
 from ..visualization import montage
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
 PROG = "diff4mm_synthesize"
@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paint into the normal CTs of this folder (e.g. DATASET/diff4mm/normal_fold0), those of "
                              "labelled cases it holds (default: DATASET/diff4mm/normal, every labelled case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: auto")
-    add_debug_argument(parser)
+    add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto", help="default: auto")
+    add_common_arguments(parser)
     return parser
 
 

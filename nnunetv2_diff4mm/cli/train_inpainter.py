@@ -11,7 +11,7 @@ from synthesis.inpainting import PRESETS, train_inpainter
 from .. import conventions
 from ..splits import selected_training_cases
 from .case_args import add_case_arguments
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
 
@@ -29,11 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model and training size: tiny (tests, seconds), default (CPU, ~4 min on one core), "
                              "gpu (1.5 x 1.5 x 2.5 mm grid, one GPU)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
-    parser.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
+    add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto",
                         help="training device (default auto: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_case_arguments(parser, "train")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

@@ -15,7 +15,7 @@ from synthesis.training import PRESETS, train_synthesizer
 from .. import conventions
 from ..splits import selected_training_cases
 from .case_args import add_case_arguments
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 
 PROG = "diff4mm_train_synthesizer"
 
@@ -57,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(PRESETS), default="default",
                         help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~37 min "
                              "on one core), gpu (64^3 at 1.5 mm) (default: default)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: auto")
+    add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto", help="default: auto")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="epochs of each stage (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_case_arguments(parser, "train")
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 

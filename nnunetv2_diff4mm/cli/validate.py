@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, validate_dataset
 
 from .arg_types import at_least_one
-from .errors import add_debug_argument, reported_errors
+from .errors import add_common_arguments, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-np", "--num-processes", type=at_least_one, default=1, metavar="N",
         help="validate N cases in parallel processes (default: 1)",
     )
-    add_debug_argument(parser)
+    add_common_arguments(parser)
     return parser
 
 
