@@ -5,17 +5,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.dataset_io import DatasetError, labelled_cases
-from synthesis.inpainting import CLASSICAL_METHODS, DEFAULT_DILATION_MM
-from synthesis.normal_dataset import inpaint_dataset
-
-from .. import conventions
-from ..splits import selected_training_cases
-from ..visualization import montage
 from .arg_types import finite_float
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
+
+# mirror synthesis.inpainting's, not imported so that --help stays fast;
+# tests/test_cli_consistency.py checks that they agree
+CLASSICAL_METHODS = ("median", "median+noise", "harmonic", "harmonic+noise")
+DEFAULT_DILATION_MM = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 @reported_errors("diff4mm_inpaint")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from synthesis.dataset_io import DatasetError, labelled_cases
+    from synthesis.normal_dataset import inpaint_dataset
+
+    from .. import conventions
+    from ..splits import selected_training_cases
+    from ..visualization import montage
+
     raw = resolve_raw_dataset(args.dataset)
     if args.cases and not args.output:
         raise DatasetError("--cases needs -o/--output (the default folders are per fold)")

@@ -5,8 +5,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..planning import CPU_PLANS_NAME
 from .errors import add_common_arguments, reported_errors
+
+# mirrors planning.CPU_PLANS_NAME (nnU-Net import), not imported so that --help stays fast;
+# tests/test_cli_consistency.py checks that they agree
+CPU_PLANS_NAME = "Diff4MMCPUPlans"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,10 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.dataset_io import synthesize_dataset
-from synthesis.pipeline import Synthesizer
-
-from ..visualization import montage
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
@@ -44,7 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num_cases < 1:
         parser.error("-n must be >= 1")
-    dataset_dir = resolve_raw_dataset(args.dataset)
+    dataset_dir = resolve_raw_dataset(args.dataset)  # before the torch import: a bad -d fails at once
+    from synthesis.dataset_io import synthesize_dataset
+    from synthesis.pipeline import Synthesizer
+
+    from ..visualization import montage
+
     synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
     names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
                                montage_fn=montage, normal_dir=args.normal)

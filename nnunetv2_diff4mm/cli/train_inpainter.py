@@ -5,14 +5,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from synthesis.dataset_io import DatasetError, labelled_cases, load_case, select_cases
-from synthesis.inpainting import PRESETS, train_inpainter
-
-from .. import conventions
-from ..splits import selected_training_cases
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
+
+# mirrors synthesis.inpainting.PRESETS (torch import), not imported so that --help stays fast;
+# tests/test_cli_consistency.py checks that they agree
+PRESET_NAMES = ("tiny", "default", "gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", metavar="MODEL_DIR",
                         help="model folder (default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold, "
                              "where diff4mm_inpaint looks)")
-    parser.add_argument("--preset", default="default", choices=tuple(PRESETS),
+    parser.add_argument("--preset", default="default", choices=PRESET_NAMES,
                         help="model and training size: tiny (tests, seconds), default (CPU, ~4 min on one core), "
                              "gpu (1.5 x 1.5 x 2.5 mm grid, one GPU)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
@@ -40,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 @reported_errors("diff4mm_train_inpainter")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from synthesis.dataset_io import DatasetError, labelled_cases, load_case, select_cases
+    from synthesis.inpainting import train_inpainter
+
+    from .. import conventions
+    from ..splits import selected_training_cases
+
     raw = resolve_raw_dataset(args.dataset)
     if args.cases and not args.output:
         raise DatasetError("--cases needs -o/--output (the default folders are per fold)")

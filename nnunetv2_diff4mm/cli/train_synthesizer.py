@@ -8,20 +8,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from synthesis.dataset_io import DatasetError, dataset_phases, labelled_cases, load_training_cases
-from synthesis.normal_dataset import normal_lineage
-from synthesis.training import PRESETS, train_synthesizer
-
-from .. import conventions
-from ..splits import selected_training_cases
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 
 PROG = "diff4mm_train_synthesizer"
+# mirrors synthesis.training.PRESETS (torch import), not imported so that --help stays fast;
+# tests/test_cli_consistency.py checks that they agree
+PRESET_NAMES = ("tiny", "default", "gpu")
 
 
 def resolve_raw_dataset(dataset: str) -> Path:
     """`501` or `Dataset501_Name` -> $nnUNet_raw/Dataset501_Name (DatasetError if it does not exist)."""
+    from synthesis.dataset_io import DatasetError
+
     raw = os.environ.get("nnUNet_raw")
     if not raw:
         raise DatasetError("$nnUNet_raw: not set, so no dataset can be found; export nnUNet_raw=/path/to/nnUNet_raw "
@@ -54,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
                         help="normal CTs from diff4mm_inpaint (default: DATASET/diff4mm/normal_foldFOLD with --fold "
                              "if it exists, else DATASET/diff4mm/normal)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="default",
+    parser.add_argument("--preset", choices=list(PRESET_NAMES), default="default",
                         help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~37 min "
                              "on one core), gpu (64^3 at 1.5 mm) (default: default)")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto", help="default: auto")
@@ -72,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be >= 1")
+    from synthesis.dataset_io import DatasetError, dataset_phases, labelled_cases, load_training_cases
+    from synthesis.normal_dataset import normal_lineage
+    from synthesis.training import train_synthesizer
+
+    from .. import conventions
+    from ..splits import selected_training_cases
+
     dataset_dir = resolve_raw_dataset(args.dataset)
     if args.cases and not args.output:
         raise DatasetError("--cases needs -o/--output (the default folders are per fold)")
