@@ -1,6 +1,9 @@
 """The synthesis bundle: one folder that the trainer, `diff4mm_synthesize` and the tests load.
 
     BUNDLE/
+      model_index.json        diffusers' pipeline index (TumorSynthesisPipeline: autoencoder, unet, scheduler, each
+                              as [library = python module, class]), so that
+                              ``TumorSynthesisPipeline.from_pretrained(BUNDLE)`` opens the folder (format 3 on)
       diff4mm_bundle.json     format_version, phases, spatial_dims, roi_size_vox, working_spacing_mm,
                               intensity_window_hu, blend_margin_mm, ddim_steps, mask_distribution,
                               enhancement_bank (training tumors' patterns, when the UNet takes them),
@@ -12,7 +15,8 @@
 The JSON is written last (atomically), so a folder without it is an unfinished bundle. Loading verifies the
 format version and every hash before any weight is read, and reads weights only from safetensors (no pickle).
 The hashes cover the component folders completely: every file under them must be listed and match, so a file
-dropped from the list, added or edited is refused, not loaded. Saved configs hold no local paths (diffusers'
+dropped from the list, added or edited is refused, not loaded; model_index.json is listed and checked the same way
+(a format-3 bundle must list it; a version-1/2 bundle has none, and one added to it unlisted is refused too). Saved configs hold no local paths (diffusers'
 ``_name_or_path``, set by ``from_pretrained``, is removed first), so a resumed training gives the same bundle
 as an uninterrupted one.
 """
@@ -34,9 +38,10 @@ from .roi import ROISpec
 from .enhancement import EnhancementBank
 from .tumor_masks import TumorMaskDistribution
 
-FORMAT_VERSION = 2  # 2: optional enhancement_bank (a UNet conditioned on enhancement patterns)
-READABLE_VERSIONS = (1, 2)  # a version-1 bundle is a mask-only one and loads as before
+FORMAT_VERSION = 3  # 2: optional enhancement_bank (a UNet conditioned on enhancement patterns); 3: model_index.json
+READABLE_VERSIONS = (1, 2, 3)  # a version-1 bundle is a mask-only one and loads as before; 1 and 2 have no index
 BUNDLE_JSON = "diff4mm_bundle.json"
+MODEL_INDEX = "model_index.json"  # diffusers' DiffusionPipeline index, listed in the bundle's hashed files
 COMPONENTS = ("autoencoder", "unet", "scheduler")
 _VERSIONED_PACKAGES = ("nnunetv2-diff4mm", "torch", "diffusers", "monai", "numpy", "safetensors")
 
@@ -109,23 +114,25 @@ def without_local_path(obj):
     return obj
 
 
-def hash_files(root: Path, folders=None) -> dict[str, str]:
-    """sha256 of every file under `root` (or under its subfolders `folders`), keyed by posix path relative to
-    `root`."""
+def hash_files(root: Path, folders=None, top_files=()) -> dict[str, str]:
+    """sha256 of every file under `root` (or under its subfolders `folders`, plus those of the files `top_files`
+    directly in `root` that exist), keyed by posix path relative to `root`."""
     root = Path(root)
-    return {rel: _sha256(root / rel) for rel in _file_names(root, folders)}
+    return {rel: _sha256(root / rel) for rel in _file_names(root, folders, top_files)}
 
 
-def _file_names(root: Path, folders=None) -> list[str]:
+def _file_names(root: Path, folders=None, top_files=()) -> list[str]:
     tops = [root / f for f in folders] if folders is not None else [root]
-    return [p.relative_to(root).as_posix() for top in tops for p in sorted(top.rglob("*")) if p.is_file()]
+    names = [p.relative_to(root).as_posix() for top in tops for p in sorted(top.rglob("*")) if p.is_file()]
+    extra = [name for name in top_files if folders is not None and (root / name).is_file()]
+    return extra + names
 
 
 def verify_files(root: Path, listed, listing: Path, error: type[Exception] = None, folders=None,
-                 ignore=(), fix: str = "copy it again") -> None:
-    """Raise `error` (default BundleError) unless the files under `root` (or its subfolders `folders`) are exactly
-    those `listed` ({relative path: sha256}, from the manifest `listing`) with those hashes. `ignore`: relative
-    paths not covered (the manifest itself)."""
+                 ignore=(), fix: str = "copy it again", top_files=()) -> None:
+    """Raise `error` (default BundleError) unless the files under `root` (or its subfolders `folders`, plus those
+    of the files `top_files` directly in `root` that exist) are exactly those `listed` ({relative path: sha256},
+    from the manifest `listing`) with those hashes. `ignore`: relative paths not covered (the manifest itself)."""
     error = error or BundleError
     root = Path(root)
     if not isinstance(listed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
@@ -133,10 +140,11 @@ def verify_files(root: Path, listed, listing: Path, error: type[Exception] = Non
                     f"{type(listed).__name__}; the manifest is damaged, {fix}")
     for rel in listed:
         parts = Path(rel).parts
-        if Path(rel).is_absolute() or ".." in parts or (folders is not None and (not parts or parts[0] not in folders)):
+        outside = folders is not None and (not parts or parts[0] not in folders) and rel not in top_files
+        if Path(rel).is_absolute() or ".." in parts or outside:
             raise error(f"{listing}: lists {rel!r}, which is outside {root}"
                         f"{' ' + '/, '.join(folders) + '/' if folders is not None else ''}; {fix}")
-    present = {rel for rel in _file_names(root, folders) if rel not in ignore}
+    present = {rel for rel in _file_names(root, folders, top_files) if rel not in ignore}
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise error(f"{root / unlisted[0]}: not listed in {listing.name} (added, or dropped from the list after an "
@@ -153,7 +161,9 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
                 roi: ROISpec, intensity_window_hu, blend_margin_mm: float, ddim_steps: int,
                 mask_distribution: TumorMaskDistribution, training: dict | None = None,
                 enhancement_bank: EnhancementBank | None = None) -> Path:
-    """Write a bundle folder (components first, the JSON with their hashes last and atomically)."""
+    """Write a bundle folder (components and model_index.json first, the JSON with their hashes last and
+    atomically)."""
+    from .pipeline import TumorSynthesisPipeline  # the pipeline module imports this one
     path = Path(path)
     wanted = int(unet.config.get("enhancement_channels", 0))
     if wanted and (enhancement_bank is None or enhancement_bank.channels != wanted):
@@ -161,12 +171,15 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
                          "of its training tumors")
     path.mkdir(parents=True, exist_ok=True)
     (path / BUNDLE_JSON).unlink(missing_ok=True)
+    (path / MODEL_INDEX).unlink(missing_ok=True)
     for component in COMPONENTS:  # a folder reused from an older bundle may hold files this one does not write
         shutil.rmtree(path / component, ignore_errors=True)
     without_local_path(autoencoder).save_pretrained(path / "autoencoder", safe_serialization=True)
     without_local_path(unet).save_pretrained(path / "unet", safe_serialization=True)
     without_local_path(scheduler).save_pretrained(path / "scheduler")
-    files = hash_files(path, COMPONENTS)
+    # diffusers' own writer: {"_class_name": "TumorSynthesisPipeline", "autoencoder": [module, class], ...}
+    TumorSynthesisPipeline(autoencoder, unet, scheduler).save_config(path)
+    files = hash_files(path, COMPONENTS, top_files=(MODEL_INDEX,))
     config = {
         "format_version": FORMAT_VERSION,
         "phases": list(phases),
@@ -215,8 +228,11 @@ def read_bundle_config(path) -> dict:
     for component in COMPONENTS:
         if not (path / component).is_dir():
             raise BundleError(f"{path / component}: missing folder of the bundle")
+    if version >= 3 and MODEL_INDEX not in config["files"]:
+        raise BundleError(f"{json_path}: format_version {version} but {MODEL_INDEX} is not listed in its files; "
+                          "copy the bundle again or retrain it")
     verify_files(path, config["files"], json_path, BundleError, folders=COMPONENTS,
-                 fix="copy the bundle again or retrain it")
+                 fix="copy the bundle again or retrain it", top_files=(MODEL_INDEX,))
     for component in ("autoencoder", "unet"):
         if not any(Path(rel).parts[0] == component and rel.endswith(".safetensors") for rel in config["files"]):
             raise BundleError(f"{path / component}: no .safetensors weights listed in {BUNDLE_JSON}")

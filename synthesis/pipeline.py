@@ -2,7 +2,14 @@
 
 `TumorSynthesisPipeline` (components: autoencoder, unet, scheduler) turns normal ROIs + tumor conditions (in
 [-1, 1] / the mask in [0, 1] [+ mask x enhancement pattern], on the working grid) into ROIs with tumors: encode the
-normal ROI, run DDIM in the latent space conditioned on (normal latent, condition), decode.
+normal ROI, run DDIM in the latent space conditioned on (normal latent, condition), decode. It is a diffusers
+`DiffusionPipeline`: ``TumorSynthesisPipeline.from_pretrained(BUNDLE)`` opens a synthesis bundle (its
+model_index.json names the components; the hashes of diff4mm_bundle.json are verified first; a format-1/2 bundle,
+written without model_index.json, loads through `load_bundle` instead), ``save_pretrained(DIR)`` writes a plain
+pipeline folder (model_index.json + component folders, safetensors, no local paths; no diff4mm_bundle.json - a
+bundle for the Synthesizer is written by `synthesis.bundle.save_bundle`). Local folders only: nothing is
+downloaded. ``__call__`` returns a `TumorSynthesisPipelineOutput` (``.images``), or a 1-tuple with
+``return_dict=False``.
 
 `Synthesizer` works on whole cases in HU: it draws a random tumor mask inside the liver from the bundle's fitted
 distribution (unless one is given), gives each tumor component an enhancement pattern (drawn from the bundle's
@@ -17,13 +24,19 @@ seed taken from it).
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from scipy import ndimage
 
-from .bundle import SynthesisBundle, load_bundle
+from .bundle import (BUNDLE_JSON, COMPONENTS, MODEL_INDEX, BundleError, SynthesisBundle, load_bundle,
+                     read_bundle_config, without_local_path)
 from .enhancement import roi_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
@@ -32,10 +45,60 @@ from .roi import (add_change, component_centre, component_extent_mm, extract_roi
 from .tumor_masks import TumorMaskDistribution, label_tumors, random_tumor_mask, tumor_diameters_mm
 
 
+@dataclass
+class TumorSynthesisPipelineOutput(BaseOutput):
+    """images: (B, C, n, n, n) - the decoded ROIs, their difference to the decoded normal ROIs, or the latents, as
+    `output_type` asked."""
+
+    images: torch.Tensor
+
+
 class TumorSynthesisPipeline(DiffusionPipeline):
     def __init__(self, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNet, scheduler):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "TumorSynthesisPipeline":
+        """Open a local synthesis bundle or `save_pretrained` folder (diffusers' loader, safetensors only,
+        ``local_files_only``). A bundle's diff4mm_bundle.json (format version, every hash) is verified before any
+        weight is read. A format-1/2 bundle (no model_index.json) loads through `load_bundle` (``torch_dtype`` is
+        the only option it takes); re-save it with `save_bundle` to make it a format-3 one."""
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: no such folder; TumorSynthesisPipeline loads local folders only (a synthesis "
+                              "bundle or a save_pretrained folder), nothing is downloaded")
+        if (path / BUNDLE_JSON).is_file():
+            config = read_bundle_config(path)
+            if MODEL_INDEX not in config["files"]:
+                return cls._from_old_bundle(path, config["format_version"], **kwargs)
+        elif not (path / MODEL_INDEX).is_file():
+            raise BundleError(f"{path}: neither a synthesis bundle ({BUNDLE_JSON}) nor a diffusers pipeline folder "
+                              f"({MODEL_INDEX}); train one with diff4mm_train_synthesizer")
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("a TumorSynthesisPipeline's weights are read from safetensors only")
+        kwargs.update(use_safetensors=True, local_files_only=True)
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _from_old_bundle(cls, path: Path, version, torch_dtype: torch.dtype | None = None, **kwargs):
+        unused = sorted(set(kwargs) - {"use_safetensors", "local_files_only"})
+        if unused:
+            raise BundleError(f"{path / BUNDLE_JSON}: a format-{version} bundle (no {MODEL_INDEX}) loads through "
+                              f"load_bundle, which takes no {', '.join(unused)}; re-save it with "
+                              "synthesis.bundle.save_bundle (format 3) to open it with diffusers' options")
+        bundle = load_bundle(path, "cpu")
+        pipe = cls(bundle.autoencoder, bundle.unet, bundle.scheduler)
+        return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs) -> None:
+        """diffusers' save_pretrained (model_index.json + autoencoder/, unet/, scheduler/), safetensors only, with
+        no local path (``_name_or_path``) in any config, so a loaded-and-saved pipeline equals a fresh one."""
+        if not safe_serialization:
+            raise ValueError("a TumorSynthesisPipeline's weights are written as safetensors only")
+        for module in (self, *(getattr(self, name) for name in COMPONENTS)):
+            without_local_path(module)
+        super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
 
     def encode(self, roi: torch.Tensor) -> torch.Tensor:
         """ROI in [-1, 1] -> scaled latent (posterior mean x scaling_factor)."""
@@ -51,11 +114,13 @@ class TumorSynthesisPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, normal_roi: torch.Tensor, mask_roi: torch.Tensor,
                  generator: torch.Generator | None = None, num_inference_steps: int = 20,
-                 output_type: str = "image") -> torch.Tensor:
+                 output_type: str = "image", return_dict: bool = True
+                 ) -> TumorSynthesisPipelineOutput | tuple[torch.Tensor]:
         """normal_roi (B, C, n, n, n) in [-1, 1], mask_roi (B, 1, n, n, n) in [0, 1] (or the (B, 1 + C, ...)
         condition with enhancement patterns, for a UNet that takes them) -> (B, C, n, n, n):
         output_type "image": the decoded ROI in [-1, 1]; "difference": decoded ROI minus the decoded normal ROI
-        (what the tumor changes; the Synthesizer adds it to the normal CT); "latent": the sampled latent.
+        (what the tumor changes; the Synthesizer adds it to the normal CT); "latent": the sampled latent; as
+        `TumorSynthesisPipelineOutput.images`, or the tuple ``(images,)`` with ``return_dict=False``.
         Noise comes from `generator` (CPU generators give the same result on any device)."""
         device = self._execution_device
         dtype = self.unet.dtype
@@ -72,10 +137,12 @@ class TumorSynthesisPipeline(DiffusionPipeline):
             x = self.scheduler.step(model_output, t, x, eta=0.0).prev_sample
         latent = self.target_to_latent(x, normal_latent)
         if output_type == "latent":
-            return latent
-        if output_type == "difference":
-            return self.decode(latent) - self.decode(normal_latent)
-        return self.decode(latent)
+            images = latent
+        elif output_type == "difference":
+            images = self.decode(latent) - self.decode(normal_latent)
+        else:
+            images = self.decode(latent)
+        return TumorSynthesisPipelineOutput(images=images) if return_dict else (images,)
 
 
 class Synthesizer:
@@ -224,5 +291,5 @@ class Synthesizer:
         out = self.pipeline(torch.from_numpy(np.ascontiguousarray(normal_rois, np.float32)),
                             torch.from_numpy(np.ascontiguousarray(mask_rois, np.float32)), generator=generator,
                             num_inference_steps=num_inference_steps or self.bundle.ddim_steps,
-                            output_type=output_type)
+                            output_type=output_type).images
         return out.float().cpu().numpy()
