@@ -109,7 +109,58 @@ def _find_entry(case_dir: Path, stem: str, root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _missing_phase_message(case_dir: Path, phase: str) -> str:
+def _stem(name: str) -> str | None:
+    """The phase name a file or DICOM folder name would give (its stem), None for names with no image extension."""
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def _listing(folder: Path, limit: int = 12) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _phase_stems(case_dir: Path, phases: Sequence[str]) -> list[str]:
+    """The stems of the image files and DICOM folders in ``case_dir`` (label, liver masks left out), in the order
+    of ``phases`` where a stem is one of them, the others in the remaining places, sorted: a --phases suggestion,
+    e.g. NC ART PV DELAY for files NC, ART, PV, DELAY when NC AP PVP DELAY were asked for."""
+    stems = sorted({stem for p in case_dir.iterdir() if not p.name.startswith(".")
+                    for stem in [p.name if p.is_dir() else _stem(p.name)]
+                    if stem and stem != LABEL_STEM and not stem.endswith(LIVER_MASK_SUFFIX)})
+    slots: list[str | None] = [p if p in stems else None for p in phases]
+    rest = iter(s for s in stems if s not in slots)
+    ordered = [slot if slot is not None else next(rest, None) for slot in slots]
+    return [s for s in ordered if s is not None] + list(rest)
+
+
+def _nnunet_dataset_folder(folder: Path) -> bool:
+    return (folder / "dataset.json").is_file() or (folder / "imagesTr").is_dir()
+
+
+def _dataset_folder_message(folder: Path, what: str) -> str:
+    has = ", ".join(n for n in ("imagesTr/", "labelsTr/", "dataset.json") if (folder / n.rstrip("/")).exists())
+    return (f"{folder}: is an nnU-Net raw dataset folder ({has}), not {what}; pass the input folder that holds "
+            f"one sub-folder per case with its phase files (e.g. INPUT/case_001/PVP{IMAGE_EXTENSIONS[0]})")
+
+
+def _single_case_message(root: Path, phases: Sequence[str]) -> str | None:
+    """The message for an input folder that holds phase files itself (one case folder passed instead of the
+    folder of cases), None if it holds none."""
+    present = [p for p in phases if (root / p).is_dir() or any((root / f"{p}{e}").is_file() for e in IMAGE_EXTENSIONS)]
+    if len(present) < min(2, len(phases)):
+        return None
+    return (f"{root}: holds phase files itself ({_listing(root)}), so it looks like one case folder; pass its "
+            f"parent folder, which holds one sub-folder per case")
+
+
+def _missing_phase_message(case_dir: Path, phase: str, phases: Sequence[str] | None = None) -> str:
+    """One line: what is missing, what the case folder holds and, given the ``phases`` asked for (commands with
+    --phases), the --phases that would match its files."""
+    if _nnunet_dataset_folder(case_dir):
+        return _dataset_folder_message(case_dir, "a case folder")
     others = ", ".join(IMAGE_EXTENSIONS[1:])
     msg = (
         f"{case_dir.name}: missing phase {phase}: expected {phase}{IMAGE_EXTENSIONS[0]} (or {others}) "
@@ -119,6 +170,12 @@ def _missing_phase_message(case_dir: Path, phase: str) -> str:
     near = sorted(p.name for p in case_dir.iterdir() if p.name.lower() in wanted)
     if near:
         msg += f"; found {', '.join(near)} (names are case-sensitive)"
+    listing = _listing(case_dir)
+    msg += f"; the case folder holds {listing}" if listing else "; the case folder is empty"
+    stems = _phase_stems(case_dir, phases) if phases is not None else []
+    if stems and stems != list(phases or ()):
+        msg += (f"; phase names are file stems: if these are your phases, pass them in channel order, e.g. "
+                f"--phases {' '.join(stems)}")
     return msg
 
 
@@ -162,10 +219,9 @@ def find_cases(
         key=lambda p: p.name,
     )
     if not case_dirs:
-        raise InputError(
-            f"{root}: no case folders found; expected one sub-folder per case, e.g. "
-            f"{root / 'case_001' / (reference + IMAGE_EXTENSIONS[0])}"
-        )
+        example = root / "case_001" / (reference + IMAGE_EXTENSIONS[0])
+        raise InputError(_single_case_message(root, phases)
+                         or f"{root}: no case folders found; expected one sub-folder per case, e.g. {example}")
     cases = []
     for case_dir in case_dirs:
         phase_paths: dict[str, Path] = {}
@@ -173,7 +229,12 @@ def find_cases(
         for phase in phases:
             path = _find_entry(case_dir, phase, root)
             if path is None:
-                raise InputError(_missing_phase_message(case_dir, phase))
+                if _nnunet_dataset_folder(root):
+                    raise InputError(_dataset_folder_message(root, "an input folder of cases"))
+                # a case folder passed as INPUT: its DICOM phase folders look like cases, or its files are here
+                single_case = case_dir.name in phases or any((root / f"{phase}{e}").is_file() for e in IMAGE_EXTENSIONS)
+                raise InputError(single_case and _single_case_message(root, phases)
+                                 or _missing_phase_message(case_dir, phase, phases))
             phase_paths[phase] = path
             mask = _find_entry(case_dir, phase + LIVER_MASK_SUFFIX, root)
             if mask is not None:

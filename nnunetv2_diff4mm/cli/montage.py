@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     case_dir = Path(args.case_dir)
+    if (case_dir / "dataset.json").is_file() or (case_dir / "imagesTr").is_dir():
+        raise InputError(f"{case_dir}: is an nnU-Net raw dataset folder, not a case folder; pass one case folder of "
+                         "the input layout, e.g. INPUT/case_001 holding that case's phase files")
     matches = [c for c in find_cases(case_dir.parent, args.phases, args.reference) if c.name == case_dir.name]
     if not matches:
         raise InputError(f"{case_dir}: not a case folder")

@@ -1,0 +1,159 @@
+"""Every ``diff4mm_*`` command speaks the same shared flags (issue #19): ``--version``, ``--help``, ``-device``
+(nnU-Net's spelling, ``--device`` kept) where it has a device, ``--debug``; ``--help`` does not load torch or
+nnU-Net; input errors name what was found and the fix. In-process (build_parser / main), one subprocess."""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registration.inputs import InputError, find_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _console_scripts() -> dict[str, str]:
+    """{command: module} from setup.py's console_scripts (read as text: setup.py runs setup() on import)."""
+    found = re.findall(r'"(diff4mm_\w+)\s*=\s*([\w.]+):main"', (ROOT / "setup.py").read_text(encoding="utf-8"))
+    assert found, "no diff4mm_* console scripts found in setup.py"
+    return dict(found)
+
+
+SCRIPTS = _console_scripts()
+
+
+def _setup_version() -> str:
+    return re.search(r'\bversion\s*=\s*"([^"]+)"', (ROOT / "setup.py").read_text(encoding="utf-8")).group(1)
+
+
+def _exit_code(main, argv) -> int:
+    try:
+        result = main(argv)
+    except SystemExit as stop:
+        return 0 if stop.code is None else stop.code
+    return result
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_every_command_has_version_help_debug_and_the_same_device_flags(command, capsys):
+    module = importlib.import_module(SCRIPTS[command])
+    capsys.readouterr()
+    assert _exit_code(module.main, ["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"{command} {_setup_version()}"
+    assert _exit_code(module.main, ["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: {command}") and "--version" in help_text and "--debug" in help_text
+
+    options = module.build_parser()._option_string_actions
+    assert {"--version", "--debug", "-h"} <= set(options)
+    device = [flag for flag in ("-device", "--device") if flag in options]
+    if device:  # nnU-Net's -device and the older --device, one option
+        assert device == ["-device", "--device"] and options["-device"] is options["--device"]
+        assert "--device also accepted" in options["-device"].help
+
+
+def test_device_options_accept_nnunets_spelling():
+    with_device = []
+    for command, name in sorted(SCRIPTS.items()):
+        parser = importlib.import_module(name).build_parser()
+        if "-device" not in parser._option_string_actions:
+            continue
+        with_device.append(command)
+        required = [a for a in parser._actions if a.required]
+        required += [group._group_actions[0] for group in parser._mutually_exclusive_groups if group.required]
+        # fill the required options and positionals with a placeholder; choices get their first value
+        argv = []
+        for action in required:
+            value = str(action.choices[0]) if action.choices else "1"
+            argv += [action.option_strings[0], value] if action.option_strings else [value]
+        assert parser.parse_args([*argv, "-device", "cpu"]).device == "cpu"
+        assert parser.parse_args([*argv, "--device", "cpu"]).device == "cpu"
+    assert {"diff4mm_predict", "diff4mm_synthesize", "diff4mm_train_synthesizer", "diff4mm_inpaint",
+            "diff4mm_train_inpainter", "diff4mm_benchmark"} <= set(with_device)
+
+
+def _library_value(relative: str, name: str):
+    """A module-level constant of a library file, read without importing it (torch / nnU-Net); dicts: the keys."""
+    for node in ast.parse((ROOT / relative).read_text(encoding="utf-8")).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == name:
+            if isinstance(node.value, ast.Dict):
+                return tuple(ast.literal_eval(key) for key in node.value.keys)
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{relative}: no {name}")
+
+
+def test_constants_mirrored_for_a_fast_help_match_the_library():
+    from nnunetv2_diff4mm.cli import inpaint, plan_cpu, train_inpainter, train_synthesizer
+
+    assert plan_cpu.CPU_PLANS_NAME == _library_value("nnunetv2_diff4mm/planning.py", "CPU_PLANS_NAME")
+    assert train_synthesizer.PRESET_NAMES == _library_value("synthesis/training.py", "PRESETS")
+    assert train_inpainter.PRESET_NAMES == _library_value("synthesis/inpainting.py", "PRESETS")
+    assert inpaint.CLASSICAL_METHODS == _library_value("synthesis/inpainting.py", "CLASSICAL_METHODS")
+    assert inpaint.DEFAULT_DILATION_MM == _library_value("synthesis/inpainting.py", "DEFAULT_DILATION_MM")
+
+
+def test_help_loads_neither_torch_nor_nnunet():
+    """One real process: the heaviest command's --help, and what it imported."""
+    code = ("import sys\nfrom nnunetv2_diff4mm.cli import synthesize, train_synthesizer, plan_cpu, inpaint, "
+            "train_inpainter\nfor m in (synthesize, train_synthesizer, plan_cpu, inpaint, train_inpainter):\n"
+            "    m.build_parser().format_help()\n"
+            "print(sorted(n for n in ('torch', 'nnunetv2', 'diffusers', 'matplotlib') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def _case(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"")  # names only: find_cases does not read the files
+    return folder
+
+
+def test_missing_phase_names_the_files_found_and_the_phases_option(tmp_path):
+    files = ("NC.nii.gz", "ART.nii.gz", "PV.nii.gz", "DELAY.nii.gz", "label.nii.gz")
+    _case(tmp_path / "IN" / "case_001", *files)
+    with pytest.raises(InputError) as info:
+        find_cases(tmp_path / "IN")  # default phases NC AP PVP DELAY
+    line = str(info.value)
+    assert "\n" not in line and line.startswith("case_001: missing phase AP")
+    assert all(name in line for name in files)
+    assert line.endswith("--phases NC ART PV DELAY")  # the stems, the known ones kept in their place
+    assert find_cases(tmp_path / "IN", phases=("NC", "ART", "PV", "DELAY"), reference="PV")  # the fix works
+
+
+def test_dataset_or_case_folder_where_the_input_folder_belongs_is_named(tmp_path):
+    dataset = tmp_path / "Dataset501_Liver"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    (dataset / "dataset.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        find_cases(dataset)
+    line = str(info.value)
+    assert "\n" not in line and "nnU-Net raw dataset folder" in line and "one sub-folder per case" in line
+
+    case = _case(tmp_path / "case_001", "NC.nii.gz", "AP.nii.gz", "PVP.nii.gz", "DELAY.nii.gz")
+    with pytest.raises(InputError, match="looks like one case folder; pass its parent folder"):
+        find_cases(case)
+    dicom_case = tmp_path / "dicom_case"
+    for phase in ("NC", "AP", "PVP", "DELAY"):
+        (dicom_case / phase).mkdir(parents=True)
+    with pytest.raises(InputError, match="looks like one case folder"):
+        find_cases(dicom_case)
+
+
+def test_montage_names_a_dataset_folder_passed_as_the_case(tmp_path, capsys):
+    from nnunetv2_diff4mm.cli import montage
+
+    dataset = tmp_path / "Dataset501_Liver"
+    (dataset / "imagesTr").mkdir(parents=True)
+    capsys.readouterr()
+    assert montage.main([str(dataset), "-o", str(tmp_path / "m.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "nnU-Net raw dataset folder, not a case folder" in err
