@@ -30,13 +30,24 @@ class Diff4MMTrainer_250epochs(Diff4MMTrainer):
         self.num_epochs = 250
 
 
-def _use_demo_schedule(trainer) -> None:
-    """The short CPU schedule shared by both arms of the demo and the CPU benchmark: 8 epochs of 20 iterations,
-    so that the demo's six trainings (3 arms x 2 labelled fractions, ~3 min each on 2 cores) keep the whole demo
-    under 30 minutes (10 x 25 measured 4.2 min per training, 33 min in all)."""
-    trainer.num_epochs = 8
-    trainer.num_iterations_per_epoch = 20
-    trainer.num_val_iterations_per_epoch = 4
+def _set_schedule(trainer, epochs: int, iterations: int, val_iterations: int) -> None:
+    trainer.num_epochs = epochs
+    trainer.num_iterations_per_epoch = iterations
+    trainer.num_val_iterations_per_epoch = val_iterations
+
+
+# The short CPU schedule shared by both arms of the demo and the CPU benchmark: 8 epochs of 20 iterations, so that
+# the demo's six trainings (3 arms x 2 labelled fractions, ~3 min each on 2 cores) keep the whole demo under 30
+# minutes (10 x 25 measured 4.2 min per training, 33 min in all).
+DEMO_SCHEDULE = (8, 20, 4)
+# The schedule of the learning-curve search (benchmarks/schedule_curve.py): 80 epochs of 25 iterations, the
+# validation pseudo-Dice of every epoch (10 batches) tells after how many iterations a CPU-sized nnU-Net finds the
+# tumors. Only used on validation folds, to choose the evidence schedule (docs/decisions.md).
+CURVE_SCHEDULE = (80, 25, 10)
+# The CPU evidence schedule (diff4mm_benchmark --preset evidence, 2d): 50 epochs of 25 iterations. On the learning
+# curve of a validation fold (benchmarks/schedule_curve.py, 80 x 25) arm (b)'s tumor pseudo-Dice was 0 up to 800
+# iterations and 0.63-0.76 from 825 on; 1250 iterations leave a margin (docs/decisions.md, Evidence).
+EVIDENCE_SCHEDULE = (50, 25, 10)
 
 
 class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
@@ -45,7 +56,7 @@ class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _use_demo_schedule(self)
+        _set_schedule(self, *DEMO_SCHEDULE)
 
 
 class Diff4MMTrainer_Demo(Diff4MMTrainer):
@@ -54,16 +65,7 @@ class Diff4MMTrainer_Demo(Diff4MMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _use_demo_schedule(self)
-
-
-def _use_curve_schedule(trainer) -> None:
-    """The schedule of the learning-curve search (benchmarks/schedule_curve.py): 80 epochs of 25 iterations, the
-    validation pseudo-Dice of every epoch (10 batches) tells after how many iterations a CPU-sized nnU-Net finds
-    the tumors. Only used on validation folds, to choose the evidence schedule (docs/decisions.md)."""
-    trainer.num_epochs = 80
-    trainer.num_iterations_per_epoch = 25
-    trainer.num_val_iterations_per_epoch = 10
+        _set_schedule(self, *DEMO_SCHEDULE)
 
 
 class nnUNetTrainer_Diff4MMCurve(nnUNetTrainer):
@@ -72,16 +74,7 @@ class nnUNetTrainer_Diff4MMCurve(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _use_curve_schedule(self)
-
-
-def _use_evidence_schedule(trainer) -> None:
-    """The CPU evidence schedule (diff4mm_benchmark --preset evidence, 2d): 50 epochs of 25 iterations. On the
-    learning curve of a validation fold (benchmarks/schedule_curve.py, 80 x 25) arm (b)'s tumor pseudo-Dice was 0
-    up to 800 iterations and 0.63-0.76 from 825 on; 1250 iterations leave a margin (docs/decisions.md, Evidence)."""
-    trainer.num_epochs = 50
-    trainer.num_iterations_per_epoch = 25
-    trainer.num_val_iterations_per_epoch = 10
+        _set_schedule(self, *CURVE_SCHEDULE)
 
 
 class nnUNetTrainer_Diff4MMEvidence(nnUNetTrainer):
@@ -90,7 +83,7 @@ class nnUNetTrainer_Diff4MMEvidence(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _use_evidence_schedule(self)
+        _set_schedule(self, *EVIDENCE_SCHEDULE)
 
 
 class Diff4MMTrainer_Evidence(Diff4MMTrainer):
@@ -102,7 +95,15 @@ class Diff4MMTrainer_Evidence(Diff4MMTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _use_evidence_schedule(self)
+        _set_schedule(self, *EVIDENCE_SCHEDULE)
+
+
+class Diff4MMTrainer_EvidenceSynthetic25(Diff4MMTrainer_Evidence):
+    """Diff4MMTrainer_Evidence with a quarter of the samples synthetic instead of half: on the evidence schedule
+    the tumor onset of (c) at 0.5 came ~14 epochs after (b)'s, at the very end of training (docs/decisions.md,
+    Evidence); chosen on a validation fold."""
+
+    synthetic_fraction = 0.25
 
 
 class Diff4MMTrainer_DemoMedianFill(Diff4MMTrainer_Demo):
@@ -121,5 +122,5 @@ class Diff4MMTrainerMedianFill(Diff4MMTrainer):
 __all__ = ["Diff4MMTrainer", "Diff4MMTrainer_synthetic25", "Diff4MMTrainer_synthetic75",
            "Diff4MMTrainer_noSynthesis", "Diff4MMTrainer_250epochs", "nnUNetTrainer_Diff4MMDemo",
            "Diff4MMTrainer_Demo", "nnUNetTrainer_Diff4MMCurve", "nnUNetTrainer_Diff4MMEvidence",
-           "Diff4MMTrainer_Evidence", "Diff4MMTrainer_DemoMedianFill", "Diff4MMTrainer_EvidenceMedianFill",
+           "Diff4MMTrainer_Evidence", "Diff4MMTrainer_EvidenceSynthetic25", "Diff4MMTrainer_DemoMedianFill", "Diff4MMTrainer_EvidenceMedianFill",
            "Diff4MMTrainerMedianFill"]
