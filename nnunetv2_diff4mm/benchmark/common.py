@@ -61,8 +61,9 @@ def refcopy_method(method: str) -> str:
 def method_labels() -> dict[str, str]:
     """per_case.csv method -> label, the Table 2 rows after the arms."""
     labels = {a.method: a.label for a in ARMS}
-    labels.update({refcopy_method(a.method): f"{a.label}; tested with the reference phase in every channel"
-                   for a in ARMS if not a.derived})
+    # "(b-T2) ...": the first word is the short label of comparisons and plots
+    labels.update({refcopy_method(a.method): f"({a.key}-T2) {a.label.split(' ', 1)[1]}, tested with the reference "
+                                             "phase in every channel (Table 2)" for a in ARMS if not a.derived})
     return labels
 
 

@@ -240,8 +240,7 @@ def _test_case_montage(finished, references: Path, images_ts: Path, channel: int
     columns = {}
     for method, job, pairs in finished:
         if job.fraction == fraction and job.fold == fold:
-            tag = report.short_label(labels, method) + (f" {phase} only" if method.endswith("_refcopy") else "")
-            columns[tag] = {case: pred for pred, _, case in pairs}
+            columns[report.short_label(labels, method)] = {case: pred for pred, _, case in pairs}
     cases = pick_cases({case: references / f"{case}{ending}" for case in next(iter(columns.values()))})
     rows = [(case, images_ts / f"{case}_{channel:04d}{ending}", references / f"{case}{ending}",
              {tag: preds[case] for tag, preds in columns.items()}) for case in cases]
