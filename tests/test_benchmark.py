@@ -86,8 +86,10 @@ def test_report_values_equal_hand_computed(tmp_path):
     assert "| b_nnunet_allphases/frac1/fold0 | 0 | 12 | 3 |" in text
     assert "reused (time unknown)" in text and "a warning" in text
     out = tmp_path / "out"
-    for png in (R.BOXPLOT_PNG, R.EFFICIENCY_PNG):
+    for png in (R.BOXPLOT_PNG, R.EFFICIENCY_PNG, R.RECALL_PNG):
         assert (out / png).stat().st_size > 10_000 and f"]({png})" in text
+    # the recall plot's counts are the summary's: (c) found 2/2 small tumors at fraction 1, (b) 1/2
+    assert R.recall_by_size(rows, C, 1.0)["< 20 mm"] == (2, 2) and R.recall_by_size(rows, BM, 1.0)["< 20 mm"] == (1, 2)
     back = R.read_csv(out / "per_case.csv")
     assert len(back) == len(rows) and back[1]["case"] == "c2" and math.isnan(back[1]["tumor_hd95_mm"])
     assert [r["tumor_dice"] for r in back] == [r["tumor_dice"] for r in rows]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, mean_std, summarize
+from .metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, SMALL_TUMOR_MM, mean_std, summarize
 
 ID_COLUMNS = ("method", "fraction", "fold", "case")
 COUNT_COLUMNS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred", "n_ref_tumors", "n_pred_tumors",
@@ -25,6 +25,7 @@ CSV_COLUMNS = (*ID_COLUMNS, *METRICS, *COUNT_COLUMNS)
 METRIC_TITLES = {"liver_dice": "liver Dice", "liver_hd95_mm": "liver HD95 (mm)", "liver_nsd": "liver NSD",
                  "tumor_dice": "tumor Dice", "tumor_hd95_mm": "tumor HD95 (mm)", "tumor_nsd": "tumor NSD"}
 BOXPLOT_PNG, EFFICIENCY_PNG = "dice_boxplots.png", "tumor_dice_vs_fraction.png"
+RECALL_PNG = "tumor_recall_by_size.png"
 
 
 def _atomic_path(path: Path) -> Path:
@@ -296,6 +297,39 @@ def plot_data_efficiency(rows, fractions: Sequence[float], path, methods: Mappin
     return _save_figure(fig, path)
 
 
+def recall_by_size(rows, method: str, fraction: float) -> dict[str, tuple[int, int]]:
+    """{"< 20 mm": (found, total), ">= 20 mm": (found, total)} of the reference tumors, pooled over the rows."""
+    det = summarize(select(rows, method, fraction))["detection"]
+    small = (det["tp_small"], det["tp_small"] + det["fn_small"])
+    total = (det["tp"], det["tp"] + det["fn"])
+    return {f"< {SMALL_TUMOR_MM:g} mm": small, f">= {SMALL_TUMOR_MM:g} mm": (total[0] - small[0], total[1] - small[1])}
+
+
+def plot_recall_by_size(rows, fraction: float, path, methods: Mapping[str, str]) -> Path:
+    """Per-lesion recall of small and large reference tumors, one bar per method, counts on the bars."""
+    plt = _pyplot()
+    names = [m for m in _ordered_methods(rows, methods) if select(rows, m, fraction)]
+    fig, ax = plt.subplots(figsize=(3.0 + 1.1 * len(names), 3.8))
+    width = 0.8 / 2
+    for k, size in enumerate((f"< {SMALL_TUMOR_MM:g} mm", f">= {SMALL_TUMOR_MM:g} mm")):
+        for i, method in enumerate(names):
+            found, total = recall_by_size(rows, method, fraction)[size]
+            value = found / total if total else float("nan")
+            ax.bar(i + (k - 0.5) * width, 0 if math.isnan(value) else value, width,
+                   color=("tab:orange", "tab:blue")[k], label=size if i == 0 else None)
+            ax.text(i + (k - 0.5) * width, (0 if math.isnan(value) else value) + 0.02, f"{found}/{total}",
+                    ha="center", fontsize=7)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([short_label(methods, m) for m in names])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("tumors found (recall)")
+    ax.set_title(f"per-lesion recall by reference diameter, labelled fraction {fraction:g}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
 def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str, str]] = (),
                      settings: Mapping[str, str] | None = None, timings: Mapping | None = None,
                      figures: Sequence[str] = (), warnings: Sequence[str] = (), title: str = "Benchmark",
@@ -349,9 +383,10 @@ def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tupl
     box_fraction = 1.0 if any(math.isclose(f, 1.0) for f in fractions) else fractions[-1]
     plot_dice_boxplots(rows, box_fraction, out_dir / BOXPLOT_PNG, methods)
     plot_data_efficiency(rows, fractions, out_dir / EFFICIENCY_PNG, methods, n_train)
+    plot_recall_by_size(rows, box_fraction, out_dir / RECALL_PNG, methods)
     summary = out_dir / "summary.md"
     tmp = _atomic_path(summary)
-    figures = (BOXPLOT_PNG, EFFICIENCY_PNG, *(f for f in extra_figures if (out_dir / f).is_file()))
+    figures = (BOXPLOT_PNG, EFFICIENCY_PNG, RECALL_PNG, *(f for f in extra_figures if (out_dir / f).is_file()))
     tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, figures, warnings, title,
                                     nsd_tolerance_mm), encoding="utf-8")
     os.replace(tmp, summary)
