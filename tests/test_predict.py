@@ -173,6 +173,20 @@ def test_prediction_on_the_reference_files_grid_with_json_montage_and_resume(nnu
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     assert "patient_01: done before, skipped" in capsys.readouterr().out
 
+    # the record says what ran: a model opened with mirroring, asked to predict without, predicts without
+    mirrored = Diff4MMModel.open(find_model_folder(DATASET, LIVER_MODEL, PLANS), ["all"], device="cpu", tta=True)
+    predictor, seen = mirrored.predictor, []
+    real_predict = predictor.predict_single_npy_array
+
+    def record_mirroring(*args, **kwargs):  # nnU-Net's own prediction, with the mirroring it ran under noted
+        seen.append(predictor.use_mirroring)
+        return real_predict(*args, **kwargs)
+
+    predictor.predict_single_npy_array = record_mirroring
+    predict_folder(world["input"], tmp_path / "no_tta", mirrored, settings, progress=False)
+    record = json.loads((tmp_path / "no_tta" / "patient_01.json").read_text(encoding="utf-8"))
+    assert record["tta"] is False and seen == [False, False]  # first pass and final prediction
+
 
 def test_missing_phase_fails_in_one_line_and_is_filled_on_request(nnunet_env, tmp_path, capsys):
     world = nnunet_env

@@ -346,7 +346,8 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
 
     step = time.perf_counter()
     fixed = images[info.reference]
-    seg = model.predict(_stack(registered, info.phases), fixed.GetSpacing())
+    tta = settings.tta and model.tta  # what runs: an opened model's own setting can only switch mirroring off
+    seg = model.predict(_stack(registered, info.phases), fixed.GetSpacing(), tta=tta)
     segmentation = on_reference_grid(seg, fixed)
     seconds["prediction"] = round(time.perf_counter() - step, 3)
 
@@ -367,7 +368,7 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
         **segmentation_summary(segmentation, info.liver_label, info.tumor_label),
         "geometry": {"size": list(segmentation.GetSize()), "spacing": list(segmentation.GetSpacing()),
                      "origin": list(segmentation.GetOrigin()), "direction": list(segmentation.GetDirection())},
-        "model": info.to_json(), "tta": settings.tta, "settings": settings.to_json(),
+        "model": info.to_json(), "tta": tta, "settings": settings.to_json(),
     }
     if paths is not None:
         step = time.perf_counter()
