@@ -202,6 +202,9 @@ class Synthesizer:
         mask = np.asarray(mask, bool)
         if mask.shape != liver_mask.shape:
             raise ValueError(f"mask shape {mask.shape} != image shape {liver_mask.shape}")
+        if (mask & ~liver_mask).any():
+            raise ValueError(f"mask has {int((mask & ~liver_mask).sum())} voxels outside liver_mask; tumors are painted "
+                             "and labelled inside the liver only: pass mask & liver_mask")
         image = normal_hu.astype(np.float32, copy=True)
         label = liver_mask.astype(np.uint8)
         label[mask] = 2

@@ -386,6 +386,10 @@ def test_each_painted_tumor_has_the_mean_enhancement_it_was_asked_for(bundle, ca
     assert np.abs((raw_paint - normal_hu)[:, mask].mean(1) - pattern).max() > 1.0
     # the deviation from the mean inside the tumor is the diffusion model's own, unchanged by the shift
     np.testing.assert_allclose((matched - raw_paint)[:, mask].std(1), 0.0, atol=1e-3)
+    outside = mask.copy()
+    outside[np.unravel_index(np.argmin(dist), dist.shape)] = True  # one voxel off the liver
+    with pytest.raises(ValueError, match="1 voxels outside liver_mask"):
+        Synthesizer.from_bundle(bundle)(normal_hu, spacing, liver, np.random.default_rng(0), mask=outside)
 
 
 def test_a_mask_only_bundle_trains_loads_and_samples_without_patterns(raw, case, tmp_path):
