@@ -133,11 +133,27 @@ def _lock_holder(fd: int) -> dict | None:
     return holder if isinstance(holder, dict) else {"pid": "?", "host": "?"}
 
 
-def _held_message(path: Path, holder: dict | None) -> str:
+@dataclass(frozen=True)
+class LockOwner:
+    """Who takes a folder lock, for its file name and messages (diff4mm_register by default)."""
+
+    command: str = "diff4mm_register"
+    what: str = "this dataset"
+    other_choice: str = "choose another -d/-n"
+
+    @property
+    def file_name(self) -> str:
+        return LOCK_NAME if self.command == "diff4mm_register" else f".{self.command}.lock"
+
+
+REGISTER_LOCK = LockOwner()
+
+
+def _held_message(path: Path, holder: dict | None, owner: LockOwner = REGISTER_LOCK) -> str:
     holder = holder or {}
     since = f" since {holder['started']}" if holder.get("started") else ""
     return (f"{path}: held by pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{since}: another "
-            "diff4mm_register is writing this dataset; wait for it to finish, or choose another -d/-n")
+            f"{owner.command} is writing {owner.what}; wait for it to finish, or {owner.other_choice}")
 
 
 def check_unlocked(folder: Path) -> None:
@@ -157,8 +173,8 @@ def check_unlocked(folder: Path) -> None:
 
 
 @contextmanager
-def dataset_lock(folder: Path) -> Iterator[Path]:
-    """Hold ``folder/.diff4mm_register.lock`` (created with ``folder`` if needed) for the block.
+def dataset_lock(folder: Path, owner: LockOwner = REGISTER_LOCK) -> Iterator[Path]:
+    """Hold ``folder/.diff4mm_register.lock`` (``owner.file_name``; created with ``folder`` if needed) for the block.
 
     The lock is fcntl.flock on that file, which the kernel releases when its holder dies; the file holds the
     holder's pid, host and start time for messages. Held by another process: DatasetLockedError naming the file
@@ -170,7 +186,7 @@ def dataset_lock(folder: Path) -> Iterator[Path]:
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / owner.file_name
     host = socket.gethostname()
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -179,7 +195,7 @@ def dataset_lock(folder: Path) -> Iterator[Path]:
         except BlockingIOError:
             holder = _lock_holder(fd)
             os.close(fd)
-            raise DatasetLockedError(_held_message(path, holder)) from None
+            raise DatasetLockedError(_held_message(path, holder, owner)) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -193,8 +209,8 @@ def dataset_lock(folder: Path) -> Iterator[Path]:
             if previous.get("host") != host:
                 raise DatasetLockedError(
                     f"{path}: left by pid {previous.get('pid', '?')} on host {previous.get('host', '?')}, another "
-                    "machine, so whether that run still writes this dataset cannot be told from here; delete the "
-                    "lock file if no diff4mm_register runs there")
+                    f"machine, so whether that run still writes {owner.what} cannot be told from here; delete the "
+                    f"lock file if no {owner.command} runs there")
             print(f"warning: {path}: stale lock of pid {previous.get('pid', '?')} on this host (that run ended "
                   "without releasing it), taken over", file=sys.stderr)
         os.ftruncate(fd, 0)

@@ -46,6 +46,8 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import cg
 from tqdm import tqdm
 
+from registration.nnunet_raw import DatasetLockedError, LockOwner, dataset_lock  # noqa: F401 (DatasetLockedError: raised)
+
 from .bundle import hash_files, verify_files, without_local_path
 from .masks import body_mask, dilate_mask_mm, random_liver_blob_masks
 from .models.ffc_inpainter import FFCInpainter
@@ -444,11 +446,18 @@ def _check_training_cases(cases) -> list[str]:
     return order
 
 
+INPAINTER_LOCK = LockOwner("diff4mm_train_inpainter", "this inpainter folder", "train into another -o folder")
+
+
 def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoch: int | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,
                     preset: str | InpainterPreset = "default", resume: bool = True,
                     progress: bool = True, case_names: list[str] | None = None) -> FFCInpainter:
     """Train an FFCInpainter on healthy liver and save it to ``out_dir/model``; returns it (eval mode).
+
+    One training per folder at a time: ``out_dir/.diff4mm_train_inpainter.lock`` (flock, released by the kernel if
+    the holder dies) is held throughout; a second training into the same folder stops at once with
+    DatasetLockedError naming the holder (two trainings writing one checkpoint folder collide on its epochs).
 
     ``cases``: iterable of (phases: {name: sitk.Image} on one grid, label: sitk.Image 0/1/2 on that grid).
     ``case_names``: their IDs, recorded in ``training.json`` (``inpainter_training_cases`` reads them) so that a
@@ -465,6 +474,13 @@ def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoc
     uninterrupted run gives; calling again when the training is finished only loads the model; asking for more
     epochs continues it. ``resume=False`` discards an existing training in ``out_dir``.
     """
+    with dataset_lock(Path(out_dir), INPAINTER_LOCK):
+        return _train_inpainter(cases, out_dir, epochs=epochs, steps_per_epoch=steps_per_epoch, device=device,
+                                seed=seed, preset=preset, resume=resume, progress=progress, case_names=case_names)
+
+
+def _train_inpainter(cases, out_dir, *, epochs, steps_per_epoch, device, seed, preset, resume, progress,
+                     case_names) -> FFCInpainter:
     preset = get_preset(preset)
     epochs = preset.epochs if epochs is None else int(epochs)
     steps = preset.steps_per_epoch if steps_per_epoch is None else int(steps_per_epoch)

@@ -279,3 +279,18 @@ def test_every_preset_the_cli_offers_builds_a_model_that_fills_its_own_patch(nam
         out = model(image, hole, generator=torch.Generator().manual_seed(0))
     assert out.shape == image.shape and torch.isfinite(out).all()
     assert torch.equal(out[hole.expand_as(out) == 0], image[hole.expand_as(image) == 0])
+
+
+def test_a_second_training_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    """Two trainings writing one checkpoint folder collided on its epoch folders ("Directory not empty"); the
+    folder lock refuses the second at once, before it reads a case, and names the holder."""
+    from registration.nnunet_raw import DatasetLockedError, dataset_lock
+    from synthesis.inpainting import INPAINTER_LOCK, train_inpainter
+
+    out = tmp_path / "inpainter"
+    with dataset_lock(out, INPAINTER_LOCK) as lock:
+        assert lock.name == ".diff4mm_train_inpainter.lock"
+        with pytest.raises(DatasetLockedError, match="another diff4mm_train_inpainter is writing this inpainter "
+                                                     "folder; wait for it to finish, or train into another -o"):
+            train_inpainter(iter(()), out, epochs=1, progress=False)  # no case is read before the lock
+    assert not out.exists()  # the holder created it, wrote nothing, and removed it again
