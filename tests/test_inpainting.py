@@ -25,14 +25,7 @@ def _array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """pytest -n 2 runs two workers on two cores: more torch threads than cores makes small convolutions
-    ~50x slower (threads spin-wait for each other), so each worker uses one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -58,12 +58,7 @@ def _write_dataset(folder: Path, phases, n_cases: int = 2) -> None:
         "diff4mm": {"phases": list(phases), "reference": "PVP"}}), encoding="utf-8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ from synthesis.pipeline import Synthesizer, TumorSynthesisPipeline, TumorSynthes
 from test_synthesis import _write_phantom_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,7 @@ def _write_phantom_dataset(folder, n_cases, normal=True):
         "numTraining": n_cases, "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES), "reference": "PVP"}}), encoding="utf-8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """pytest -n 2 on 2 cores: one intra-op thread per worker (oversubscribed OpenMP threads spin, ~9x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ chosen from the reference labels alone (spread over tumor volume), never from th
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,6 +14,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..visualization import ABDOMEN_WINDOW
+from .report import _pyplot, _save_figure
 
 
 def pick_cases(references: Mapping[str, Path], n: int = 4) -> list[str]:
@@ -52,11 +52,7 @@ def contour_montage(rows: Sequence[tuple[str, Path, Path, Mapping[str, Path]]], 
                     window=ABDOMEN_WINDOW) -> Path:
     """rows: (case, reference-phase image, reference label, {method label: predicted label}) -> PNG at path.
     Predictions are shown on the reference label's grid (nearest neighbour, identity transform)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not rows:
         raise ValueError("no cases to draw")
     methods = list(rows[0][3])
@@ -87,10 +83,4 @@ def contour_montage(rows: Sequence[tuple[str, Path, Path, Mapping[str, Path]]], 
     fig.suptitle(f"{title}   (dashed yellow: reference tumor; red: predicted tumor; slice through the largest "
                  "reference tumor)", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path, dpi=100)

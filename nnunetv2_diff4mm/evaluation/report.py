@@ -229,11 +229,12 @@ def timing_table(timings: Mapping[str, Mapping], methods: Mapping[str, str]) -> 
     return lines + [""] + _table(["method", "training total (s)", "prediction total (s)"], totals_body)
 
 
-def _save_figure(fig, path: Path) -> Path:
+def _save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write fig as PNG at path atomically (temporary name, os.replace) and close it."""
     import matplotlib.pyplot as plt
 
     tmp = _atomic_path(path)
-    fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return Path(path)
