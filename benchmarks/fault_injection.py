@@ -40,7 +40,7 @@ def command(name: str) -> str:
 
 
 def run(args, env) -> tuple[int, str]:
-    done = subprocess.run([command(args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True,
+    done = subprocess.run([command(args[0]), *map(str, args[1:])], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=600)
     return done.returncode, done.stderr
 

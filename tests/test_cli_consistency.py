@@ -104,7 +104,7 @@ def test_help_loads_neither_torch_nor_nnunet():
             f"for name in {sorted(set(SCRIPTS.values()))!r}:\n"
             "    importlib.import_module(name).build_parser().format_help()\n"
             "print(sorted(n for n in ('torch', 'nnunetv2', 'diffusers', 'matplotlib') if n in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -104,7 +104,7 @@ def world(tmp_path_factory):
         "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": 1, "file_ending": ".nii.gz",
         "diff4mm": {"phases": list(PHASES), "reference": REFERENCE_PHASE}}), encoding="utf-8")
     build = subprocess.run([sys.executable, "-c", BUILD_MODELS, str(DATASET), NAME, LIVER_MODEL, NO_LIVER_MODEL],
-                           env={**os.environ, **env, "nnUNet_n_proc_DA": "1"}, capture_output=True, text=True)
+                           env={**os.environ, **env, "nnUNet_n_proc_DA": "1"}, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert build.returncode == 0, build.stderr[-3000:]
 
     # the case to predict, its reference phase with a non-trivial direction (same anatomy: flipped in x and y,
@@ -253,7 +253,7 @@ def test_fill_rule_is_the_nearest_phase_in_acquisition_order():
 
 def test_help_lists_nnunet_flag_names():
     script = Path(sys.executable).parent / "diff4mm_predict"
-    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, encoding="utf-8")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert result.returncode == 0, result.stderr
     for flag in ("-i INPUT", "-o OUTPUT", "-d ID", "-c CONFIG", "-f FOLD", "-tr", "-p", "-chk", "-device", "-np",
                  "--fill-missing-phases", "--no-postprocessing", "--disable_tta"):

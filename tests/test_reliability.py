@@ -433,7 +433,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(phantom, tmp_path, capsys):
     raw = tmp_path / "raw"
     target = raw / "Dataset514_Stale"
     target.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     pid = int(dead.stdout)  # that process has exited: its lock is stale
     lock = target / LOCK_NAME
     lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname()}), encoding="utf-8")

@@ -172,7 +172,7 @@ def test_refuses_a_bundle_trained_on_the_folds_validation_cases_and_uses_the_fol
     assert not list(folder.glob("checkpoint_*.pth"))
 
     cli = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.train_synthesizer", "-d", str(DATASET), "-f",
-                          str(fold), "--preset", "tiny", "--device", "cpu"], env=env, capture_output=True, text=True)
+                          str(fold), "--preset", "tiny", "--device", "cpu"], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert cli.returncode == 0, cli.stderr[-2000:]
     own = raw / "diff4mm" / f"synthesizer_fold{fold}"
     record = json.loads((own / "diff4mm_bundle.json").read_text(encoding="utf-8"))
