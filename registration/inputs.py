@@ -623,14 +623,19 @@ def validate_dataset(
     num_processes: int = 1,
     *,
     body_threshold_hu: float = BODY_THRESHOLD_HU,
+    shard=None,
 ) -> list[CaseFiles]:
     """Find and validate every case; return the cases or raise the first InputError in case order.
+
+    ``shard`` (a registration.sharding.Shard): only that part of the cases is validated and returned.
 
     With ``num_processes > 1`` cases are validated in a process pool; the error raised is still the one of the
     first bad case by name, so the result does not depend on scheduling. A progress bar is shown on a terminal.
     """
     root = Path(input_dir)
     cases = find_cases(root, phases, reference)
+    if shard is not None:
+        cases = shard.select(cases, key=lambda c: c.name)
     itk_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     jobs = [(case, reference, root, itk_warnings, body_threshold_hu) for case in cases]
     progress = dict(total=len(cases), desc="validating", unit="case", disable=None, leave=False)

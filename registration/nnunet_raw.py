@@ -140,10 +140,12 @@ class LockOwner:
     command: str = "diff4mm_register"
     what: str = "this dataset"
     other_choice: str = "choose another -d/-n"
+    shard: str | None = None  # Shard.tag: shards of one run each hold their own lock
 
     @property
     def file_name(self) -> str:
-        return LOCK_NAME if self.command == "diff4mm_register" else f".{self.command}.lock"
+        base = LOCK_NAME if self.command == "diff4mm_register" else f".{self.command}.lock"
+        return base if self.shard is None else f"{base[:-len('.lock')]}.{self.shard}.lock"
 
 
 REGISTER_LOCK = LockOwner()
@@ -156,9 +158,9 @@ def _held_message(path: Path, holder: dict | None, owner: LockOwner = REGISTER_L
             f"{owner.command} is writing {owner.what}; wait for it to finish, or {owner.other_choice}")
 
 
-def check_unlocked(folder: Path) -> None:
-    """DatasetLockedError if a run holds ``folder``'s lock now (read-only: creates nothing)."""
-    path = Path(folder) / LOCK_NAME
+def check_unlocked(folder: Path, name: str = LOCK_NAME) -> None:
+    """DatasetLockedError if a run holds ``folder``'s lock ``name`` now (read-only: creates nothing)."""
+    path = Path(folder) / name
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -170,6 +172,17 @@ def check_unlocked(folder: Path) -> None:
         raise DatasetLockedError(_held_message(path, holder)) from None
     finally:
         os.close(fd)
+
+
+SHARD_LOCKS = re.compile(re.escape(LOCK_NAME[:-len(".lock")]) + r"\.shard-\d+-of-\d+\.lock")
+
+
+def check_no_shard_runs(folder: Path) -> None:
+    """DatasetLockedError if a ``--shard`` run of diff4mm_register holds its lock in ``folder`` now."""
+    folder = Path(folder)
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if SHARD_LOCKS.fullmatch(entry.name):
+            check_unlocked(folder, entry.name)
 
 
 @contextmanager
@@ -309,12 +322,22 @@ def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dic
                                          "another -d/-n")
             phases = stored.get("phases")
             _clear_own_outputs(target, len(phases) if isinstance(phases, list) else None)
-    elif target.exists() and any(p.name != LOCK_NAME for p in target.iterdir()):
+    elif target.exists() and any(not _own_scaffold(p) for p in target.iterdir()):
         if not overwrite:
             raise DatasetExistsError(f"{target}: exists and was not written by diff4mm_register; pass --overwrite "
                                      "to replace it, or choose another -d/-n")
         _clear_own_outputs(target, None)
     return target
+
+
+def _own_scaffold(entry: Path) -> bool:
+    """What a run (or a concurrent shard) of diff4mm_register makes before settings.json exists: its lock
+    files and the empty QA folder."""
+    if entry.name == LOCK_NAME or SHARD_LOCKS.fullmatch(entry.name):
+        return True
+    if entry.name == QA_SUBFOLDER.parts[0] and entry.is_dir():
+        return all(p.name == QA_SUBFOLDER.parts[1] and p.is_dir() and not any(p.iterdir()) for p in entry.iterdir())
+    return False
 
 
 def flag_reasons(record: dict) -> list[str]:
@@ -489,7 +512,7 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
                              settings: RegistrationSettings = RegistrationSettings(),
                              montage_fn: Callable | None = None,
                              progress: bool = True, other_roots: Sequence[tuple[str, Path]] = (),
-                             allow_failed: bool = False) -> Path:
+                             allow_failed: bool = False, shard=None) -> Path:
     """Validate, register and write the whole dataset (resumable); returns the dataset folder.
 
     ``other_roots``: (name, folder) of further nnU-Net roots (nnUNet_preprocessed, nnUNet_results; see
@@ -502,6 +525,14 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
     registration is implausible (:func:`flag_reasons`) get one warning line each on stderr; then, unless
     ``allow_failed``, RegistrationFlaggedError is raised after every case and QA file is written but before
     dataset.json (an existing one is removed), so nnU-Net cannot plan on a dataset with misaligned phases.
+
+    ``shard`` (registration.sharding.Shard): validate and register only that part of the cases, into the same
+    dataset folder as the other shards (running at the same time, on any machine that sees the folder). A shard
+    holds its own lock, removes no other case's outputs and writes neither summary.csv nor dataset.json (it
+    removes an existing dataset.json when it registers anything: the dataset is incomplete until then). The
+    final step is the same command without ``shard``: it registers whatever is still missing, names it, and
+    writes summary.csv and dataset.json. ``overwrite`` cannot be combined with a shard (it would clear the other
+    shards' work).
     """
     from tqdm import tqdm
 
@@ -509,23 +540,57 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         raise InputError(f"dataset ID must be 1..999 (nnU-Net's DatasetXXX naming), got {dataset_id}")
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise InputError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    if shard is not None and overwrite:
+        raise InputError(f"--overwrite with --shard {shard}: clearing the dataset would delete the other shards' "
+                         "work; run the --overwrite once without --shard (or delete the dataset), then the shards")
     nnunet_raw = Path(nnunet_raw)
+    folder = dataset_folder(nnunet_raw, dataset_id, name)
     _check_id_free(nnunet_raw, dataset_id, name, other_roots)  # cheap, read-only: before reading every case
-    check_unlocked(dataset_folder(nnunet_raw, dataset_id, name))  # a run is writing it: say so before validating
+    check_unlocked(folder)  # a run is writing it: say so before validating
+    if shard is None:
+        check_no_shard_runs(folder)
     cases = validate_dataset(input_dir, phases, reference, num_processes,  # fails before anything is written
-                             body_threshold_hu=settings.body_threshold_hu)
+                             body_threshold_hu=settings.body_threshold_hu, shard=shard)
     fingerprint = {"format_version": FORMAT_VERSION, "input": str(Path(input_dir).resolve()),
                    "phases": list(phases), "reference": reference, "settings": settings.to_json()}
-    with dataset_lock(dataset_folder(nnunet_raw, dataset_id, name)):
+    owner = REGISTER_LOCK if shard is None else LockOwner(shard=shard.tag, what=f"shard {shard} of this dataset")
+    with dataset_lock(folder, owner):
+        if shard is not None:
+            check_unlocked(folder)  # an unsharded run started meanwhile
+        else:
+            check_no_shard_runs(folder)
         # Under the lock: another run may have made a DatasetXXX_<other name> since the check above.
         _check_id_free(nnunet_raw, dataset_id, name, other_roots)
         target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
         return _write_locked(target, cases, name, fingerprint, num_processes, montage_fn, progress, allow_failed,
-                             tqdm)
+                             tqdm, shard)
+
+
+def _report_flagged(records: list[dict], qa_root: Path, summary: Path | None, allow_failed: bool, target: Path
+                    ) -> None:
+    """One warning line per flagged phase; then, unless ``allow_failed``, RegistrationFlaggedError (after removing
+    dataset.json: nnU-Net must not plan on misaligned phases). ``summary``: the run's summary.csv (None for a
+    shard, which writes none: each case's qa.json says it)."""
+    flagged = {r["case"]: r["flagged"] for r in records if r.get("flagged")}
+    for case, reasons in flagged.items():
+        for reason in reasons:
+            montage = qa_root / case / "montage.png"
+            listing = summary or qa_root / case / "qa.json"
+            see = f"{montage} and {listing}" if montage.is_file() else str(listing)
+            print(f"warning: {case} {reason}: registration failed, the phase is not aligned; see {see}",
+                  file=sys.stderr)
+    if flagged and not allow_failed:
+        (target / "dataset.json").unlink(missing_ok=True)
+        n = sum(len(v) for v in flagged.values())
+        raise RegistrationFlaggedError(
+            f"{n} phase{'s' * (n != 1)} of {len(flagged)} case{'s' * (len(flagged) != 1)} "
+            f"({', '.join(flagged)}) failed the registration QA (listed above and in {summary or 'their qa.json'}); "
+            "dataset.json not written: fix or leave out those cases and re-run (only they are redone), or pass "
+            "--allow-failed to write the dataset with them", flagged)
 
 
 def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: dict, num_processes: int,
-                  montage_fn: Callable | None, progress: bool, allow_failed: bool, tqdm) -> Path:
+                  montage_fn: Callable | None, progress: bool, allow_failed: bool, tqdm, shard=None) -> Path:
     """:func:`write_registered_dataset`'s work once the dataset folder is locked and checked."""
     phases, reference = fingerprint["phases"], fingerprint["reference"]
     qa_root = target / QA_SUBFOLDER
@@ -534,7 +599,7 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
     if not settings_file.is_file():
         _write_text_atomic(settings_file, json.dumps(fingerprint, indent=1))
     current = {c.name for c in cases}
-    for old in sorted(p.name for p in qa_root.iterdir() if p.is_dir()):
+    for old in sorted(p.name for p in qa_root.iterdir() if p.is_dir()) if shard is None else []:
         if old not in current:
             _remove_case_outputs(target, old, len(phases))
             print(f"{old}: gone from the input, its outputs removed")
@@ -561,8 +626,14 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
                 actions[case.name] = f"{case.name}: input changed{_changed(old.get('inputs'), inputs)}, re-registered"
         _remove_case_outputs(target, case.name, len(phases))  # a changed, moved or unfinished case starts clean
         jobs.append(Job(case, str(target), tuple(phases), reference, fingerprint["settings"], montage_fn, inputs, key))
-    bar = tqdm(total=len(cases), initial=len(done), desc="registering cases", unit="case",
-               disable=not progress)
+    fresh = [j.case.name for j in jobs if j.case.name not in actions]
+    if shard is None and done and fresh:  # a resumed run, or the final step after shards: say what was missing
+        tqdm.write(f"{len(done)} cases registered already; registering the {len(fresh)} missing: "
+                   f"{', '.join(fresh[:10])}{' ...' if len(fresh) > 10 else ''}", file=sys.stdout)
+    if shard is not None and jobs:
+        (target / "dataset.json").unlink(missing_ok=True)  # incomplete until the final, unsharded run
+    bar = tqdm(total=len(cases), initial=len(done), desc="registering cases" + (f" (shard {shard})" if shard
+               else ""), unit="case", disable=not progress)
 
     def finished(record: dict) -> None:
         done[record["case"]] = record
@@ -579,6 +650,12 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
             finished(_register_case(job))
     bar.close()
     records = [done[c.name] for c in cases]
+    if shard is not None:
+        _report_flagged(records, qa_root, None, allow_failed, target)
+        print(f"shard {shard}: {len(records)} cases registered ({len(jobs)} in this run) in {target}; when every "
+              "shard has finished, run the same command without --shard: it checks that every case is there, "
+              "registers any that is missing and writes dataset.json")
+        return target
     rows = _summary_rows(records)
     summary = qa_root / "summary.csv"
     if rows:
@@ -590,21 +667,7 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
         _write_text_atomic(summary, buffer.getvalue())
     else:
         summary.unlink(missing_ok=True)
-    flagged = {r["case"]: r["flagged"] for r in records if r.get("flagged")}
-    for case, reasons in flagged.items():
-        for reason in reasons:
-            montage = qa_root / case / "montage.png"
-            see = f"{montage} and {summary}" if montage.is_file() else str(summary)
-            print(f"warning: {case} {reason}: registration failed, the phase is not aligned; see {see}",
-                  file=sys.stderr)
-    if flagged and not allow_failed:
-        (target / "dataset.json").unlink(missing_ok=True)  # nnU-Net must not plan on misaligned phases
-        n = sum(len(v) for v in flagged.values())
-        raise RegistrationFlaggedError(
-            f"{n} phase{'s' * (n != 1)} of {len(flagged)} case{'s' * (len(flagged) != 1)} "
-            f"({', '.join(flagged)}) failed the registration QA (listed above and in {summary}); dataset.json not "
-            "written: fix or leave out those cases and re-run (only they are redone), or pass --allow-failed to "
-            "write the dataset with them", flagged)
+    _report_flagged(records, qa_root, summary, allow_failed, target)
     labelled = [c for c in cases if c.is_labelled]
     dataset_json = {
         "name": name,

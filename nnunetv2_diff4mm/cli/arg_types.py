@@ -55,3 +55,20 @@ def _range_text(low: float | None, high: float | None, low_exclusive: bool) -> s
 
 positive_float = finite_float(0, min_exclusive=True)  # sizes in mm: > 0
 fraction = finite_float(0, 1, min_exclusive=True)  # (0, 1]
+
+
+def shard(text: str):
+    """``--shard I/N`` -> registration.sharding.Shard (I counts from 0); anything else is a usage error."""
+    from registration.sharding import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+SHARD_HELP = ("run only part I of N of the cases (I = 0..N-1, e.g. ${SLURM_ARRAY_TASK_ID}/4 in a SLURM array): "
+              "every N-th case by name, starting at the I-th. Shards run at the same time into the same output; "
+              "when all have finished, the same command without --shard checks completeness and finishes "
+              "(docs/cluster.md)")
+

@@ -14,7 +14,7 @@ from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_R
 from registration.register import RegistrationSettings
 
 from ..visualization import montage
-from .arg_types import at_least_one
+from .arg_types import SHARD_HELP, at_least_one, shard
 from .errors import add_common_arguments, reported_errors
 
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{FLAGGED_EXIT_CODE}")
     parser.add_argument("-np", "--num-processes", type=at_least_one, default=1, metavar="N",
                         help="cases registered in parallel (default 1)")
+    parser.add_argument("--shard", type=shard, default=None, metavar="I/N", help=SHARD_HELP + "; writes "
+                        "dataset.json only then")
     add_common_arguments(parser)
     return parser
 
@@ -78,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       args.reference, args.num_processes, args.overwrite, settings,
                                       montage_fn=None if args.no_montages else montage,
                                       other_roots=nnunet_roots_from_env(),
-                                      allow_failed=args.allow_failed)
-    print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
+                                      allow_failed=args.allow_failed, shard=args.shard)
+    if args.shard is None:
+        print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
     return 0
 
 
