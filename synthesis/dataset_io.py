@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def load_training_cases(dataset_dir, cases: list[str] | None = None, normal_dir=
 
 
 def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int = 0, progress: bool = True,
-                       montage_fn: Callable | None = None, normal_dir=None) -> list[str]:
+                       montage_fn: Callable | None = None, normal_dir=None, shard=None) -> list[str]:
     """Write `count` synthetic cases (normal CT of source case i % n + random tumors) in nnU-Net raw layout.
 
     Sources: every labelled case, with its normal CT in DATASET/diff4mm/normal; or, with `normal_dir` (e.g. a
@@ -158,6 +159,10 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
     Case i is drawn from np.random.default_rng([seed, i]), so any case can be (re)made alone: a re-run keeps
     finished cases (label written last) and completes the rest. `montage_fn(phases, label, path, title=...)`
     draws a PNG per case (the CLI passes nnunetv2_diff4mm.visualization.montage).
+
+    ``shard`` (registration.sharding.Shard I/N): make only cases i with i % N == I, at the same time as the other
+    shards, into the same folder; no dataset.json (the final run without a shard completes and writes it).
+    Returns the names of the cases this call is responsible for.
     """
     from tqdm import tqdm
 
@@ -186,13 +191,16 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
         if changed:
             raise DatasetError(f"{record_path}: made with another {changed[0]} ({stored.get(changed[0])}); choose "
                                "another output folder or delete this one")
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
+    elif out_dir.is_dir() and any(not _synthesis_scaffold(p) for p in out_dir.iterdir()):
         raise DatasetError(f"{out_dir}: not empty and not a diff4mm_synthesize output; choose a new folder")
     for sub in ("imagesTr", "labelsTr", "montages"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    _atomic_json(record_path, {**settings, "cases": []})
+    if shard is None or not record_path.is_file():
+        _atomic_json(record_path, {**settings, "cases": []})
+    indices = list(range(count)) if shard is None else shard.select(range(count))
     names, record = [], []
-    for i in tqdm(range(count), desc="synthetic cases", unit="case", disable=not progress):
+    for i in tqdm(indices, desc="synthetic cases" + (f" (shard {shard})" if shard else ""), unit="case",
+                  disable=not progress):
         name, source = f"syn_{i:04d}", sources[i % len(sources)]
         names.append(name)
         record.append({"case": name, "source": source})
@@ -219,6 +227,8 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
             montage_fn(images, lab, out_dir / "montages" / f"{name}.png",
                        title=f"{name}: synthetic tumors in the normal CT of {source}")
         write_image_atomic(lab, label_path)
+    if shard is not None:
+        return names
     dataset = {k: v for k, v in data.items() if k != "numTraining"}
     dataset["numTraining"] = count
     dataset["name"] = f"{data.get('name', dataset_dir.name)} synthetic"
@@ -228,7 +238,12 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
     return names
 
 
+def _synthesis_scaffold(entry: Path) -> bool:
+    """What diff4mm_synthesize (or a concurrent shard of it) makes first: its folders and temporary files."""
+    return entry.name in ("imagesTr", "labelsTr", "montages") or entry.name.startswith(".")
+
+
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: shards write the record at once
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)

@@ -75,16 +75,25 @@ def normal_lineage(normal_dir) -> set[str] | None:
 
 def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: str = "cpu", overwrite: bool = False,
                     progress: bool = True, montage_fn: Callable | None = None, cases: list[str] | None = None,
-                    out_dir=None) -> dict:
+                    out_dir=None, shard=None) -> dict:
     """Inpaint the labelled cases of a registered dataset (all, or `cases`) into `out_dir` (default
     DATASET/diff4mm/normal); returns the record written to normal.json. The record names the training cases of
-    the inpainter (see `normal_lineage`)."""
+    the inpainter (see `normal_lineage`).
+
+    ``shard`` (registration.sharding.Shard): only that part of the cases, at the same time as the other shards,
+    into the same folder; its record goes to normal.shard-I-of-N.json. The final run without a shard takes the
+    shards' records over (same settings only), inpaints whatever is missing and writes normal.json."""
     from tqdm import tqdm
 
     dataset_dir = Path(dataset_dir)
     data = read_dataset_json(dataset_dir)
     phases, ending = list(data["diff4mm"]["phases"]), data.get("file_ending", ".nii.gz")
     cases = select_cases(dataset_dir, cases)
+    if shard is not None:
+        if overwrite:
+            raise DatasetError(f"--overwrite with --shard {shard}: redoing the folder would delete the other "
+                               "shards' work; run the --overwrite once without --shard, then the shards")
+        cases = shard.select(cases)
     for case in cases:  # every input exists before anything is written
         for f in [dataset_dir / "imagesTr" / f"{case}_{k:04d}{ending}" for k in range(len(phases))]:
             if not f.is_file():
@@ -98,8 +107,18 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     settings = {"method": _model_identity(model_or_method), "dilation_mm": float(dilation_mm), "phases": phases}
     if not classical:
         settings["inpainter_cases"] = inpainter_training_cases(model_or_method)
-    record_path = out / RECORD
+    main_record = out / RECORD
+    record_path = main_record if shard is None else out / f"normal.{shard.tag}.json"
     record = {"settings": settings, "cases": {}}
+    if shard is not None and main_record.is_file():  # a finished folder made with other settings: refuse
+        finished = json.loads(main_record.read_text(encoding="utf-8"))
+        stored = finished.get("settings")
+        if stored == settings:  # its cases of this shard are done
+            record["cases"].update({c: v for c, v in finished.get("cases", {}).items() if c in cases})
+        else:
+            changed = next(k for k in settings if (stored or {}).get(k) != settings[k])
+            raise DatasetError(f"{main_record}: normal CTs were made with {changed}={(stored or {}).get(changed)!r}, "
+                               f"not {settings[changed]!r}; redo them once without --shard (--overwrite)")
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
         if stored.get("settings") != settings:
@@ -115,7 +134,25 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
             record = stored
     for sub in ("imagesTr", "labelsTr", "inpaint_regions", "qa"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for case in tqdm(cases, desc="inpainting", unit="case", disable=not progress):
+    shard_records = sorted(out.glob("normal.shard-*-of-*.json")) if shard is None else []
+    for path in shard_records:  # the final run: take over what the shards finished
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("settings") != settings:
+            raise DatasetError(f"{path}: a shard made these normal CTs with other settings than this run's; "
+                               "re-run that shard with this run's settings, or delete the file and its cases")
+        for case, checks in stored.get("cases", {}).items():
+            if case in cases and (out / "labelsTr" / f"{case}{ending}").is_file():
+                record["cases"].setdefault(case, checks)
+    missing = [c for c in cases if c not in record["cases"]]
+    if shard_records and missing:
+        print(f"{len(cases) - len(missing)} cases inpainted by shards; inpainting the {len(missing)} missing: "
+              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    if shard_records:
+        _write_record(record_path, record)
+        for path in shard_records:
+            path.unlink()
+    for case in tqdm(cases, desc="inpainting" + (f" (shard {shard})" if shard else ""), unit="case",
+                     disable=not progress):
         liver_path = out / "labelsTr" / f"{case}{ending}"
         if liver_path.is_file() and case in record["cases"]:
             continue
@@ -133,7 +170,13 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
                                                                    "(right) per phase")
         record["cases"][case] = tumor_removal_check(target, normal, label, region)
         write_image_atomic(liver, liver_path)
-        tmp = record_path.with_name(f".{RECORD}.tmp")
-        tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        os.replace(tmp, record_path)
+        _write_record(record_path, record)
     return record
+
+
+def _write_record(path: Path, record: dict) -> None:
+    """Atomically, with the cases in name order (a sharded and an unsharded run write the same file)."""
+    ordered = {**record, "cases": dict(sorted(record["cases"].items()))}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(ordered, indent=1), encoding="utf-8")
+    os.replace(tmp, path)

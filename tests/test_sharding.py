@@ -89,3 +89,32 @@ def test_overwrite_with_a_shard_is_refused_before_anything_is_written(phantom):
     code, out, err = _finish(_register_cli(root / "phantom", raw, "--shard", "0/2", "--overwrite"))
     assert code == 1 and "--overwrite with --shard 0/2" in err.strip().splitlines()[-1]
     assert not raw.exists() or not any(raw.iterdir())
+
+
+def _inpaint_cli(raw: Path, out: Path, *extra: str) -> subprocess.Popen:
+    import os
+
+    cmd = [sys.executable, "-m", "nnunetv2_diff4mm.cli.inpaint", "-d", "504", "--method", "harmonic+noise",
+           "-o", str(out), "-device", "cpu", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            errors="replace", env={**os.environ, "nnUNet_raw": str(raw)})
+
+
+def test_inpaint_shards_at_once_then_the_final_run_give_the_unsharded_normal_cts(phantom):
+    root, whole = phantom
+    raw = whole.parent
+    single, sharded = root / "normal_whole", root / "normal_sharded"
+    code, _, err = _finish(_inpaint_cli(raw, single))
+    assert code == 0, err[-2000:]
+    results = [_finish(p) for p in [_inpaint_cli(raw, sharded, "--shard", f"{i}/2") for i in range(2)]]
+    assert all(code == 0 for code, _, _ in results), [err[-1000:] for _, _, err in results]
+    assert results[0][1].startswith("shard 0/2: 2 normal cases")
+    assert not (sharded / "normal.json").exists() and len(list(sharded.glob("normal.shard-*.json"))) == 2
+    code, out, err = _finish(_inpaint_cli(raw, sharded))
+    assert code == 0, err[-2000:]
+    assert not list(sharded.glob("normal.shard-*.json"))  # taken over into normal.json
+    for sub in ("imagesTr", "labelsTr", "inpaint_regions"):
+        for f in sorted((single / sub).iterdir()):
+            assert (sharded / sub / f.name).read_bytes() == f.read_bytes(), f.name
+    assert (sharded / "normal.json").read_text(encoding="utf-8") == (single / "normal.json").read_text(
+        encoding="utf-8")

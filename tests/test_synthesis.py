@@ -424,6 +424,34 @@ def test_output_is_the_normal_ct_outside_the_blend_region_and_label_is_the_mask(
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
 
+def test_synthesize_shards_then_the_final_run_give_the_unsharded_output_byte_for_byte(bundle, raw, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """--shard I/N makes the cases i with i % N == I (seeded per case), writes no dataset.json; the final run
+    without it completes the folder: the same bytes as one unsharded run."""
+    from threading import Thread
+
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    common = [str(bundle), "-d", "990", "-n", "3", "--seed", "2", "--device", "cpu"]
+    assert synthesize_cli.main([*common, "-o", str(whole)]) == 0
+    codes = []
+    shards = [Thread(target=lambda i=i: codes.append(synthesize_cli.main([*common, "-o", str(sharded), "--shard",
+                                                                          f"{i}/2"]))) for i in range(2)]
+    for t in shards:
+        t.start()
+    for t in shards:
+        t.join()
+    assert codes == [0, 0] and not (sharded / "dataset.json").exists()
+    assert sorted(p.name for p in (sharded / "labelsTr").iterdir()) == [f"syn_{i:04d}.nii.gz" for i in range(3)]
+    assert "shard 0/2: 2 synthetic cases" in capsys.readouterr().out
+    assert synthesize_cli.main([*common, "-o", str(sharded)]) == 0
+    for sub in ("imagesTr", "labelsTr"):
+        for f in sorted((whole / sub).iterdir()):
+            assert (sharded / sub / f.name).read_bytes() == f.read_bytes(), f.name
+    for name in ("dataset.json", "synthesis.json"):
+        assert (sharded / name).read_text(encoding="utf-8") == (whole / name).read_text(encoding="utf-8")
+
+
 def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("nnUNet_raw", str(raw))
     out = tmp_path / "syn"

@@ -5,7 +5,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .arg_types import finite_float
+from .arg_types import SHARD_HELP, finite_float, shard
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: DATASET/diff4mm/normal, or normal_foldFOLD with --fold, "
                              "where diff4mm_train_synthesizer and Diff4MMTrainer look)")
     add_case_arguments(parser, "inpaint")
+    parser.add_argument("--shard", type=shard, default=None, metavar="I/N", help=SHARD_HELP + " (normal.json then)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo normal CTs that were made with other settings (otherwise refused)")
     add_common_arguments(parser)
@@ -64,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.output or conventions.normal_folder(raw, args.fold)
     cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
     record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
-                             cases=cases, out_dir=out)
+                             cases=cases, out_dir=out, shard=args.shard)
     failed = [(c, p) for c, phases in record["cases"].items() for p, r in phases.items() if not r["ok"]]
-    print(f"{len(record['cases'])} normal cases in {out}; no-tumor check: "
+    done = f"shard {args.shard}: " if args.shard is not None else ""
+    print(f"{done}{len(record['cases'])} normal cases in {out}; no-tumor check: "
           f"{'passed' if not failed else f'{len(failed)} case-phases still look abnormal: {failed[:5]}'}")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .arg_types import SHARD_HELP, shard
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paint into the normal CTs of this folder (e.g. DATASET/diff4mm/normal_fold0), those of "
                              "labelled cases it holds (default: DATASET/diff4mm/normal, every labelled case)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--shard", type=shard, default=None, metavar="I/N", help=SHARD_HELP + " (dataset.json "
+                        "then); case i belongs to shard i %% N")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto", help="default: auto")
     add_common_arguments(parser)
     return parser
@@ -48,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
     names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
-                               montage_fn=montage, normal_dir=args.normal)
-    print(f"{len(names)} synthetic cases in {args.output}")
+                               montage_fn=montage, normal_dir=args.normal, shard=args.shard)
+    if args.shard is not None:
+        print(f"shard {args.shard}: {len(names)} synthetic cases in {args.output}; when every shard has finished, "
+              "run the same command without --shard to complete any missing case and write dataset.json")
+    else:
+        print(f"{len(names)} synthetic cases in {args.output}")
     return 0
 
 
