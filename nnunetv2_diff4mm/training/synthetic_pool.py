@@ -107,7 +107,7 @@ def produce(settings: PoolSettings, stop_event=None, max_samples: int | None = N
     # the trainer's per-epoch difference of "produced" is the number synthesised in that epoch
     previous = read_status(folder)
     status = {"produced": int(previous.get("produced", 0)), "seconds": float(previous.get("seconds", 0.0)),
-              "error": None, "pid": os.getpid()}
+              "error": None, "pid": os.getpid(), "device": settings.device}
     target = None if max_samples is None else status["produced"] + max_samples
     try:
         if stop_event is not None:  # own process only: the inline prefill runs in the trainer, whose threads stay
