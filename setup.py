@@ -52,7 +52,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],
-        "benchmark": ["itk-elastix>=0.20"],
+        "benchmark": ["itk-elastix>=0.20", "scikit-image>=0.22"],  # registration and inpainting anchors
     },
     entry_points={
         "console_scripts": [

@@ -10,8 +10,7 @@ healthy-looking tissue. Fillers:
 - classical fallbacks, for users without a trained model (no learning involved, named for what they do):
   ``"median"`` (the healthy-liver median of the phase), ``"harmonic"`` (membrane fill: the Laplace equation
   solved in the hole with the surrounding voxels as boundary values, liver and non-liver kept apart), each
-  optionally ``"+noise"`` (Gaussian noise whose amplitude and correlation length are measured on the case's own
-  healthy liver).
+  optionally ``"+noise"`` (the case's own native grain, see below).
 
 Conventions: phases are a ``{name: sitk.Image}`` dict on one grid with the label (0 background, 1 liver,
 2 tumor); images come back as int16 HU on the same grid. Intensities for the network: HU clipped to the model's
@@ -24,7 +23,10 @@ Working grid: the network sees every case resampled (linear) to the model's ``sp
 the native grid inside the hole only. A 0.8 mm clinical scan and a 3 mm phantom scan thus show the network the
 same tissue scale (hole sizes, vessel calibres, grain correlation in voxels). 3 x 3 x 5 mm is the phantom's
 native grid and a common clinical reconstruction, and keeps training to minutes on a CPU; a GPU preset can use
-1.5 x 1.5 x 2.5 mm. Cost of the choice: on sub-millimetre scans the fill is smoother than the native grain.
+1.5 x 1.5 x 2.5 mm. Cost of the choice: on sub-millimetre scans the fill is smoother than the native grain,
+so by default (``grain=True``) the fill gets the grain its working grid cannot hold, measured per phase on
+the case's healthy liver at native resolution (synthesis/grain.py), and (``structure="membrane"``) its coarse
+structure comes from the harmonic fill, its detail from the network (docs/decisions.md, Stage 2).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from registration.nnunet_raw import DatasetLockedError, LockOwner, dataset_lock 
 
 from .bundle import hash_files, verify_files, without_local_path
 from .masks import body_mask, dilate_mask_mm, random_liver_blob_masks
+from .grain import restore_grain
 from .models.ffc_inpainter import FFCInpainter
 
 # Margin added around the PVP tumor mask before inpainting (mm). Chosen with the phantom ground truth
@@ -651,41 +654,6 @@ def _reference_values(array: np.ndarray, healthy: np.ndarray, region: np.ndarray
     return array[shell] if shell.any() else array.ravel()
 
 
-def _texture_noise(array: np.ndarray, healthy: np.ndarray, region: np.ndarray, spacing_zyx,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean Gaussian noise over the region's bounding box with the healthy liver's robust std and lag-1
-    correlation (per axis), as a (Z, Y, X) array that is zero outside the region."""
-    values = _reference_values(array, healthy, region, spacing_zyx)
-    median = float(np.median(values))
-    std = 1.4826 * float(np.median(np.abs(values - median)))
-    sigmas = []
-    ref = healthy if healthy.sum() >= 20 else ~region
-    clipped = np.clip(array - median, -3 * std - 1e-3, 3 * std + 1e-3)
-    for axis in range(3):
-        a = np.swapaxes(clipped, 0, axis)
-        m = np.swapaxes(ref, 0, axis)
-        both = m[1:] & m[:-1]
-        if both.sum() < 20:
-            sigmas.append(0.5)
-            continue
-        x, y = a[1:][both], a[:-1][both]
-        rho = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else 0.0
-        rho = min(max(rho, 0.01), 0.95)
-        sigmas.append(min(max(math.sqrt(-1.0 / (4.0 * math.log(rho))), 0.3), 3.0))
-    out = np.zeros(array.shape, np.float32)
-    if not region.any():
-        return out
-    lo, hi = _bbox(region)
-    pad = 6
-    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, region.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    white = rng.standard_normal(tuple(int(b - a) for a, b in zip(lo, hi))).astype(np.float32)
-    field = ndimage.gaussian_filter(white, sigmas, mode="reflect")
-    field *= std / (field.std() or 1.0)
-    out[box] = field
-    return np.where(region, out, 0.0).astype(np.float32)
-
-
 def _harmonic_fill(array: np.ndarray, region: np.ndarray, spacing_zyx, compartment: np.ndarray | None = None,
                    clip: Mapping[int, tuple[float, float]] | None = None) -> np.ndarray:
     """Membrane fill: solve Laplace's equation (anisotropic, weights 1/spacing^2) on the region's voxels with
@@ -770,8 +738,53 @@ def _fill_classical(arrays: np.ndarray, region: np.ndarray, label: np.ndarray | 
             spread = 2 * 1.4826 * float(np.median(np.abs(values - median)))
             clip = {1: (median - spread, median + spread)} if compartment is not None else None
             out[p] = _harmonic_fill(arrays[p], region, spacing_zyx, compartment, clip)
-        if noise:
-            out[p] += _texture_noise(arrays[p], healthy, region, spacing_zyx, rng)
+        if noise:  # the case's own native grain (synthesis/grain.py), topped up to the healthy liver's
+            out[p], _ = restore_grain(out[p], arrays[p], region, healthy, spacing_zyx, rng,
+                                      tissue=None if label is None else label > 0)
+    return out
+
+
+# The learned fill's coarse structure is replaced by the membrane (harmonic) fill's below this scale, its finer
+# detail kept: on the phantom's development split the learned fill alone had a worse structure MAE than the
+# classical fills in 3 of 4 phases (docs/decisions.md, Stage 2; benchmarks/inpainting.py).
+STRUCTURE_SIGMA_MM = 5.0
+STRUCTURES = ("membrane", "learned")
+
+
+def _membrane_structure(filled: np.ndarray, membrane: np.ndarray, region: np.ndarray, spacing_zyx) -> np.ndarray:
+    """Inside ``region``: the membrane fill's low-pass plus the learned fill's detail (each minus its own
+    low-pass), the low-pass a Gaussian of STRUCTURE_SIGMA_MM as a normalised convolution over the region only,
+    so that the tissue around the hole does not leak in. Per phase; outside the region ``filled`` is kept."""
+    out = filled.copy()
+    if not region.any():
+        return out
+    lo, hi = _bbox(region)
+    sigma = STRUCTURE_SIGMA_MM / np.asarray(spacing_zyx, float)
+    pad = np.ceil(3 * sigma).astype(int)
+    lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, region.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    inside = region[box]
+    weight = np.maximum(ndimage.gaussian_filter(inside.astype(np.float32), sigma, mode="constant"), 1e-6)
+
+    def low(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(np.where(inside, a, 0.0).astype(np.float32), sigma, mode="constant") / weight
+
+    for p in range(filled.shape[0]):
+        learned, smooth = filled[p][box], membrane[p][box]
+        fused = low(smooth) + learned - low(learned)
+        out[p][box] = np.where(inside, fused, learned)
+    return out
+
+
+def _add_grain(filled: np.ndarray, arrays: np.ndarray, region: np.ndarray, label: np.ndarray | None, spacing_zyx,
+               rng: np.random.Generator, window: Sequence[float], working_spacing_xyz: Sequence[float]) -> np.ndarray:
+    """Every phase of a learned fill plus the native grain its working grid cannot hold (synthesis/grain.py)."""
+    out = filled.copy()
+    working_zyx = tuple(float(s) for s in working_spacing_xyz)[::-1]
+    for p in range(arrays.shape[0]):
+        healthy = _healthy_liver(label, region) & (arrays[p] >= window[0]) & (arrays[p] <= window[1])
+        out[p], _ = restore_grain(filled[p], arrays[p], region, healthy, spacing_zyx, rng,
+                                  working_spacing_zyx=working_zyx)
     return out
 
 
@@ -814,13 +827,19 @@ def _fill_with_model(arrays: np.ndarray, region: np.ndarray, reference: sitk.Ima
 
 
 def fill_region(phases: Mapping[str, sitk.Image], region: sitk.Image, model_or_method="median", *,
-                label: sitk.Image | None = None, device: str | torch.device = "cpu", seed: int = 0
-                ) -> dict[str, sitk.Image]:
+                label: sitk.Image | None = None, device: str | torch.device = "cpu", seed: int = 0,
+                grain: bool = True, structure: str = "membrane") -> dict[str, sitk.Image]:
     """Fill ``region`` (non-zero voxels) in every phase; returns int16 HU images on the same grid.
 
     ``model_or_method``: an FFCInpainter, a folder with a trained one (Path, or str naming an existing
     folder), or a classical method name (``CLASSICAL_METHODS``). ``label`` (0/1/2) tells the classical
-    methods where healthy liver is (label 1 outside the region). Voxels outside the model's HU window (default
+    methods where healthy liver is (label 1 outside the region). ``grain`` (learned model only, needs ``label``):
+    top the fill up with the scan's own native grain, measured per phase on its healthy liver
+    (synthesis/grain.py; the network works on a coarse grid, so on a finer scan its fill lacks it).
+    ``structure`` (learned model only): ``"membrane"`` takes the fill's coarse structure (Gaussian
+    STRUCTURE_SIGMA_MM) from the harmonic fill and its finer detail from the network; ``"learned"`` keeps the
+    network's fill as it is. The
+    classical ``+noise`` methods always add that grain; ``median`` and ``harmonic`` never. Voxels outside the model's HU window (default
     -200..400 HU: air, lung, bone) are kept: no tumor has such values.
     """
     names = _check_case(phases, label)
@@ -851,6 +870,13 @@ def fill_region(phases: Mapping[str, sitk.Image], region: sitk.Image, model_or_m
         generator = torch.Generator().manual_seed(seed)
         filled = _fill_with_model(arrays, region_arr, reference, model, list(model.config.in_phases), names, dev,
                                   generator)
+        if structure not in STRUCTURES:
+            raise InpaintingError(f"structure must be one of {', '.join(STRUCTURES)}, not {structure!r}")
+        if structure == "membrane":
+            membrane = _fill_classical(arrays, region_arr, lab, "harmonic", spacing_zyx, rng, window)
+            filled = _membrane_structure(filled, membrane, region_arr, spacing_zyx)
+        if grain and lab is not None:
+            filled = _add_grain(filled, arrays, region_arr, lab, spacing_zyx, rng, window, model.config.spacing_mm)
     low, high = window
     keep = (arrays < low) | (arrays > high) | ~region_arr[None]
     result = np.where(keep, arrays, filled)
@@ -859,7 +885,8 @@ def fill_region(phases: Mapping[str, sitk.Image], region: sitk.Image, model_or_m
 
 
 def inpaint_case(phases: Mapping[str, sitk.Image], label: sitk.Image, model_or_method="median",
-                 dilation_mm: float = DEFAULT_DILATION_MM, device: str | torch.device = "cpu", *, seed: int = 0
+                 dilation_mm: float = DEFAULT_DILATION_MM, device: str | torch.device = "cpu", *, seed: int = 0,
+                 grain: bool = True, structure: str = "membrane"
                  ) -> tuple[dict[str, sitk.Image], sitk.Image, sitk.Image]:
     """Remove the tumors of one case from all its phases.
 
@@ -872,7 +899,8 @@ def inpaint_case(phases: Mapping[str, sitk.Image], label: sitk.Image, model_or_m
     body = _case_body({p: phases[p] for p in names})
     region = tumor_inpaint_region(label, dilation_mm, body)
     if sitk.GetArrayViewFromImage(region).any():
-        normal = fill_region(phases, region, model_or_method, label=label, device=device, seed=seed)
+        normal = fill_region(phases, region, model_or_method, label=label, device=device, seed=seed, grain=grain,
+                             structure=structure)
     else:
         normal = {p: sitk.Cast(phases[p], sitk.sitkInt16) for p in names}
         if not isinstance(model_or_method, str) or model_or_method not in CLASSICAL_METHODS:

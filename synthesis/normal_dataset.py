@@ -107,6 +107,8 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     settings = {"method": _model_identity(model_or_method), "dilation_mm": float(dilation_mm), "phases": phases}
     if not classical:
         settings["inpainter_cases"] = inpainter_training_cases(model_or_method)
+        settings["grain"] = "native"  # the learned fill topped up with the scan's own grain (synthesis/grain.py)
+        settings["structure"] = "membrane"  # its coarse structure from the harmonic fill (inpainting.fill_region)
     main_record = out / RECORD
     record_path = main_record if shard is None else out / f"normal.{shard.tag}.json"
     record = {"settings": settings, "cases": {}}

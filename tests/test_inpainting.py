@@ -226,6 +226,40 @@ def test_classical_fallbacks_remove_the_tumor(case, method):
         assert spread > 5  # grain like the healthy liver
 
 
+def test_the_default_learned_fill_takes_its_coarse_structure_from_the_membrane_fill_and_its_detail_from_the_network(
+        case, trained):
+    from scipy import ndimage
+
+    from synthesis.inpainting import STRUCTURE_SIGMA_MM
+
+    out, _ = trained
+    phases, label = case
+    lab = _array(label)
+    region_arr = random_liver_blob_masks(lab == 1, label.GetSpacing(), np.random.default_rng(3), 3, (8.0, 15.0)) > 0
+    region = sitk.GetImageFromArray(region_arr.astype(np.uint8))
+    region.CopyInformation(label)
+    fused, learned, harmonic = (fill_region(phases, region, m, label=label, seed=1, **kw) for m, kw in
+                                ((out, {}), (out, {"structure": "learned"}), ("harmonic", {})))
+    sigma = STRUCTURE_SIGMA_MM / np.asarray(label.GetSpacing())[::-1]
+    weight = np.maximum(ndimage.gaussian_filter(region_arr.astype(float), sigma, mode="constant"), 1e-6)
+
+    def low(image):
+        return ndimage.gaussian_filter(np.where(region_arr, _array(image), 0.0), sigma, mode="constant") / weight
+
+    for p in ("AP", "PVP"):
+        f, l = _array(fused[p]).astype(float), _array(learned[p]).astype(float)
+        inside = region_arr & (_array(phases[p]) >= -200) & (_array(phases[p]) <= 400)  # the HU window is kept
+        # fused = low(membrane) + network - low(network): the network's coarse part swapped for the membrane's
+        swap = low(harmonic[p]) - low(learned[p])
+        assert np.abs((f - l) - swap)[inside].mean() < 1.0 and np.abs(swap)[inside].mean() > 2
+        # so its coarse structure is nearer the membrane's than the network's is
+        assert (np.abs(low(fused[p]) - low(harmonic[p]))[inside].mean()
+                < 0.6 * np.abs(low(learned[p]) - low(harmonic[p]))[inside].mean())
+        assert np.array_equal(f[~region_arr], _array(phases[p])[~region_arr])
+    with pytest.raises(InpaintingError, match="structure must be one of"):
+        fill_region(phases, region, out, label=label, structure="sculpted")
+
+
 def test_out_of_window_voxels_and_empty_regions_are_kept(case):
     phases, label = case
     region = sitk.Cast(sitk.GetImageFromArray(np.ones(_array(label).shape, np.uint8)), sitk.sitkUInt8)
