@@ -75,14 +75,15 @@ def normal_lineage(normal_dir) -> set[str] | None:
 
 def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: str = "cpu", overwrite: bool = False,
                     progress: bool = True, montage_fn: Callable | None = None, cases: list[str] | None = None,
-                    out_dir=None, shard=None) -> dict:
+                    out_dir=None, shard=None, grain: bool = True, structure: str = "membrane") -> dict:
     """Inpaint the labelled cases of a registered dataset (all, or `cases`) into `out_dir` (default
     DATASET/diff4mm/normal); returns the record written to normal.json. The record names the training cases of
     the inpainter (see `normal_lineage`).
 
     ``shard`` (registration.sharding.Shard): only that part of the cases, at the same time as the other shards,
     into the same folder; its record goes to normal.shard-I-of-N.json. The final run without a shard takes the
-    shards' records over (same settings only), inpaints whatever is missing and writes normal.json."""
+    shards' records over (same settings only), inpaints whatever is missing and writes normal.json.
+    ``grain``, ``structure``: see :func:`synthesis.inpainting.fill_region` (learned model only; recorded)."""
     from tqdm import tqdm
 
     dataset_dir = Path(dataset_dir)
@@ -107,8 +108,8 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     settings = {"method": _model_identity(model_or_method), "dilation_mm": float(dilation_mm), "phases": phases}
     if not classical:
         settings["inpainter_cases"] = inpainter_training_cases(model_or_method)
-        settings["grain"] = "native"  # the learned fill topped up with the scan's own grain (synthesis/grain.py)
-        settings["structure"] = "membrane"  # its coarse structure from the harmonic fill (inpainting.fill_region)
+        settings["grain"] = "native" if grain else "none"  # synthesis/grain.py
+        settings["structure"] = structure  # "membrane": coarse structure from the harmonic fill (fill_region)
     main_record = out / RECORD
     record_path = main_record if shard is None else out / f"normal.{shard.tag}.json"
     record = {"settings": settings, "cases": {}}
@@ -159,7 +160,8 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
         if liver_path.is_file() and case in record["cases"]:
             continue
         target, _, label, _ = load_case(dataset_dir, case, normal=False)
-        normal, region, liver = inpaint_case(target, label, model, dilation_mm, device)
+        normal, region, liver = inpaint_case(target, label, model, dilation_mm, device, grain=grain,
+                                             structure=structure)
         for k, p in enumerate(phases):
             write_image_atomic(normal[p], out / "imagesTr" / f"{case}_{k:04d}{ending}")
         write_image_atomic(region, out / "inpaint_regions" / f"{case}{ending}")

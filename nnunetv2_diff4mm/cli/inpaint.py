@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dilation-mm", type=finite_float(0, 100), default=DEFAULT_DILATION_MM,
                         help=f"tumor mask dilation in mm, covering residual misregistration of the other phases "
                              f"and diffuse tumor borders (default {DEFAULT_DILATION_MM:g})")
+    parser.add_argument("--structure", choices=("membrane", "learned"), default="membrane",
+                        help="learned model: take the fill's coarse structure (5 mm) from the membrane (harmonic) "
+                             "fill and its detail from the network (membrane, default: a better structure MAE on the "
+                             "phantom, docs/decisions.md) or keep the network's fill as it is (learned)")
+    parser.add_argument("--no-grain", action="store_true",
+                        help="learned model: do not add the native grain its working grid cannot hold (measured on "
+                             "each case's healthy liver; nothing is added on a scan as coarse as that grid)")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto",
                         help="where the model runs (default auto: cuda if available)")
     parser.add_argument("-o", "--output", metavar="NORMAL_DIR", default=None,
@@ -65,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.output or conventions.normal_folder(raw, args.fold)
     cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
     record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
-                             cases=cases, out_dir=out, shard=args.shard)
+                             cases=cases, out_dir=out, shard=args.shard, grain=not args.no_grain,
+                             structure=args.structure)
     failed = [(c, p) for c, phases in record["cases"].items() for p, r in phases.items() if not r["ok"]]
     done = f"shard {args.shard}: " if args.shard is not None else ""
     print(f"{done}{len(record['cases'])} normal cases in {out}; no-tumor check: "
