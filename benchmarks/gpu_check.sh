@@ -30,8 +30,8 @@ BUNDLE=$RAW/diff4mm/synthesizer
 step "synthesizer training, default preset, cuda"
 secs diff4mm_train_synthesizer -d 501 -o "$BUNDLE" --preset default --device cuda
 step "synthesis speed, cuda vs cpu"
-secs diff4mm_synthesize "$BUNDLE" -d 501 -n 32 -o "$W/synthetic_cuda" --device cuda
-secs diff4mm_synthesize "$BUNDLE" -d 501 -n 8 -o "$W/synthetic_cpu" --device cpu
+secs diff4mm_synthesize "$BUNDLE" -d 501 --num-cases 32 -o "$W/synthetic_cuda" --device cuda
+secs diff4mm_synthesize "$BUNDLE" -d 501 --num-cases 8 -o "$W/synthetic_cpu" --device cpu
 
 step "trainers on cuda (nnUNetv2_train), epoch-time ratio"
 secs python "$(dirname "$0")/trainer_overhead.py" -d 501 --train --device cuda

@@ -148,7 +148,7 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
         return
     bundle = str(_raw(run) / "diff4mm" / "synthesizer_fold0")
     run.run("synthesizer training", "train_synthesizer", "-d", dataset, "-f", "0", *preset.synthesizer_args)
-    run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "-n", "4", "--normal",
+    run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "--num-cases", "4", "--normal",
             str(_raw(run) / "diff4mm" / "normal_fold0"), "-o", str(s.output / "synthetic"))
     # fraction 1 only: a smaller fraction is another fold entry and would train a second inpainter and bundle
     run.run("benchmark", "benchmark", "-d", dataset, "--phantom", phantom, "-o", str(s.output / "benchmark"),

@@ -157,3 +157,33 @@ def test_montage_names_a_dataset_folder_passed_as_the_case(tmp_path, capsys):
     assert montage.main([str(dataset), "-o", str(tmp_path / "m.png")]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "nnU-Net raw dataset folder, not a case folder" in err
+
+
+# dest of an option -> the spelling it must have (nnU-Net's where it has one)
+SHARED_SPELLINGS = {"dataset": "-d", "dataset_id": "-d", "fold": "-f", "folds": "-f", "configuration": "-c",
+                    "num_processes": "-np", "trainer": "-tr", "plans": "-p", "reference": "--reference",
+                    "reference_phase": "--reference", "shard": "--shard"}
+
+
+@pytest.mark.parametrize("command", sorted(SCRIPTS))
+def test_shared_options_have_one_spelling_in_every_command(command):
+    parser = importlib.import_module(SCRIPTS[command]).build_parser()
+    for action in parser._actions:
+        if action.dest in SHARED_SPELLINGS and action.help != "==SUPPRESS==":
+            assert SHARED_SPELLINGS[action.dest] in action.option_strings, (command, action.option_strings)
+    short_n = parser._option_string_actions.get("-n")
+    if short_n is not None and short_n.help != "==SUPPRESS==":  # -n is a dataset name, as in diff4mm_register
+        assert short_n.dest == "name", command
+
+
+def test_old_spellings_still_work_for_a_release_with_a_one_line_notice(capsys):
+    from nnunetv2_diff4mm.cli import benchmark, synthesize
+
+    args = synthesize.build_parser().parse_args(["-d", "501", "-n", "3", "-o", "out"])
+    assert args.num_cases == 3 and args.bundle is None  # the bundle defaults to DATASET/diff4mm/synthesizer
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diff4mm_synthesize: note: -n is deprecated") and "--num-cases" in err and "\n" not in err
+    args = benchmark.build_parser().parse_args(["-d", "501", "--phantom", "p", "--reference-phase", "AP", "-f", "0", "1"])
+    assert args.reference_phase == "AP" and args.folds == [0, 1]
+    assert "use --reference" in capsys.readouterr().err
+    assert "--reference-phase" not in benchmark.build_parser().format_help()

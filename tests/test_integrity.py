@@ -167,7 +167,7 @@ def test_unset_nnunet_raw_is_named(env, monkeypatch, tmp_path, capsys):
                              (train_inpainter_cli.main, "diff4mm_train_inpainter", ["-d", "980"]),
                              (train_cli.main, "diff4mm_train_synthesizer", ["-d", "980"]),
                              (synthesize_cli.main, "diff4mm_synthesize",
-                              [str(tmp_path), "-d", "980", "-n", "1", "-o", str(tmp_path / "o")])):
+                              [str(tmp_path), "-d", "980", "--num-cases", "1", "-o", str(tmp_path / "o")])):
         assert main(args) == 1
         line = _one_error_line(capsys, prog)
         assert "nnUNet_raw" in line and "export nnUNet_raw=" in line
@@ -180,7 +180,7 @@ def test_bundle_json_whose_files_is_not_a_dict_is_one_line(trained, env, tmp_pat
     config["files"] = sorted(config["files"])  # a list of names, no hashes
     (bundle / BUNDLE_JSON).write_text(json.dumps(config), encoding="utf-8")
     capsys.readouterr()
-    assert synthesize_cli.main([str(bundle), "-d", "980", "-n", "1", "-o", str(tmp_path / "syn"),
+    assert synthesize_cli.main([str(bundle), "-d", "980", "--num-cases", "1", "-o", str(tmp_path / "syn"),
                                 "--device", "cpu"]) == 1
     line = _one_error_line(capsys, "diff4mm_synthesize")
     assert f"{bundle / BUNDLE_JSON}: 'files' must map" in line

@@ -428,22 +428,23 @@ def test_synthesize_shards_then_the_final_run_give_the_unsharded_output_byte_for
                                                                                      monkeypatch, capsys):
     """--shard I/N makes the cases i with i % N == I (seeded per case), writes no dataset.json; the final run
     without it completes the folder: the same bytes as one unsharded run."""
-    from threading import Thread
+    import os
+    import subprocess
+    import sys
 
     monkeypatch.setenv("nnUNet_raw", str(raw))
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
-    common = [str(bundle), "-d", "990", "-n", "3", "--seed", "2", "--device", "cpu"]
+    common = [str(bundle), "-d", "990", "--num-cases", "3", "--seed", "2", "--device", "cpu"]
     assert synthesize_cli.main([*common, "-o", str(whole)]) == 0
-    codes = []
-    shards = [Thread(target=lambda i=i: codes.append(synthesize_cli.main([*common, "-o", str(sharded), "--shard",
-                                                                          f"{i}/2"]))) for i in range(2)]
-    for t in shards:
-        t.start()
-    for t in shards:
-        t.join()
-    assert codes == [0, 0] and not (sharded / "dataset.json").exists()
+    # shards are processes, as a scheduler starts them (threads would share diffusers' model-loading state)
+    shards = [subprocess.Popen([sys.executable, "-m", "nnunetv2_diff4mm.cli.synthesize", *common, "-o", str(sharded),
+                                "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               encoding="utf-8", errors="replace", env={**os.environ, "OMP_NUM_THREADS": "1"})
+              for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in shards]
+    assert [p.returncode for p in shards] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert not (sharded / "dataset.json").exists() and "shard 0/2: 2 synthetic cases" in outputs[0][0]
     assert sorted(p.name for p in (sharded / "labelsTr").iterdir()) == [f"syn_{i:04d}.nii.gz" for i in range(3)]
-    assert "shard 0/2: 2 synthetic cases" in capsys.readouterr().out
     assert synthesize_cli.main([*common, "-o", str(sharded)]) == 0
     for sub in ("imagesTr", "labelsTr"):
         for f in sorted((whole / sub).iterdir()):
@@ -472,7 +473,7 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
         (fold_normal / sub).mkdir(parents=True)
         for f in (source / sub).glob("case_001*"):
             shutil.copy(f, fold_normal / sub / f.name)
-    assert synthesize_cli.main([str(bundle), "-d", "990", "-n", "2", "-o", str(tmp_path / "syn_fold"), "--normal",
+    assert synthesize_cli.main([str(bundle), "-d", "990", "--num-cases", "2", "-o", str(tmp_path / "syn_fold"), "--normal",
                                 str(fold_normal), "--device", "cpu"]) == 0
     record = json.loads((tmp_path / "syn_fold" / "synthesis.json").read_text(encoding="utf-8"))
     assert [c["source"] for c in record["cases"]] == ["case_001", "case_001"]
@@ -483,16 +484,16 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
     shutil.copy(raw / "Dataset990_SynTest" / "dataset.json", other / "dataset.json")
     shutil.copy(raw / "Dataset990_SynTest" / "labelsTr" / "case_000.nii.gz", other / "labelsTr")
     capsys.readouterr()
-    assert synthesize_cli.main([str(bundle), "-d", "991", "-n", "1", "-o", str(tmp_path / "x")]) == 1
+    assert synthesize_cli.main([str(bundle), "-d", "991", "--num-cases", "1", "-o", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("diff4mm_synthesize: error: ") and "diff4mm_inpaint" in err and err.count("\n") == 1
 
     phases = json.loads((other / "dataset.json").read_text(encoding="utf-8"))
     phases["diff4mm"]["phases"] = ["AP", "PVP"]
     (other / "dataset.json").write_text(json.dumps(phases), encoding="utf-8")
-    assert synthesize_cli.main([str(bundle), "-d", "991", "-n", "1", "-o", str(tmp_path / "y")]) == 1
+    assert synthesize_cli.main([str(bundle), "-d", "991", "--num-cases", "1", "-o", str(tmp_path / "y")]) == 1
     assert "['AP', 'PVP']" in capsys.readouterr().err
-    assert synthesize_cli.main([str(tmp_path / "nobundle"), "-d", "990", "-n", "1", "-o", str(tmp_path / "z")]) == 1
+    assert synthesize_cli.main([str(tmp_path / "nobundle"), "-d", "990", "--num-cases", "1", "-o", str(tmp_path / "z")]) == 1
     assert "no such bundle folder" in capsys.readouterr().err
     assert train_cli.main(["-d", "777", "-o", str(tmp_path / "b")]) == 1
     assert "no dataset '777'" in capsys.readouterr().err

@@ -227,7 +227,7 @@ def reference_channel(dataset_json: dict, reference_phase: str | None = None) ->
     phase = reference_phase or extra.get("reference")
     if phase is None:
         raise BenchmarkError("dataset.json names no reference phase (\"diff4mm\": {\"reference\": ...}); "
-                             "pass --reference-phase")
+                             "pass --reference")
     phases = extra.get("phases")
     if phases and len(phases) == len(names):
         names = dict(enumerate(phases))

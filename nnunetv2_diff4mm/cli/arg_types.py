@@ -72,3 +72,17 @@ SHARD_HELP = ("run only part I of N of the cases (I = 0..N-1, e.g. ${SLURM_ARRAY
               "when all have finished, the same command without --shard checks completeness and finishes "
               "(docs/cluster.md)")
 
+
+def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept the older spelling ``old`` of the option ``new`` (stored in ``dest``) for one more release, with a
+    one-line notice on stderr; hidden from --help."""
+    import sys
+
+    class Alias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{parser.prog}: note: {old} is deprecated and will be removed in the next release; use {new}",
+                  file=sys.stderr)
+            setattr(namespace, dest, values)
+
+    parser.add_argument(old, action=Alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM
-from .arg_types import at_least_one, fraction, positive_float
+from .arg_types import at_least_one, deprecated_alias, fraction, positive_float
 from .errors import add_common_arguments, add_device_argument, reported_errors
 
 
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", required=True, help="nnU-Net dataset ID or name (e.g. 501)")
     parser.add_argument("-o", "--output", default=None, metavar="OUT",
                         help="report folder (default: ./diff4mm_benchmark_<ID>)")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K", help="nnU-Net folds (default 0)")
+    parser.add_argument("-f", "--folds", type=int, nargs="+", default=[0], metavar="K",
+                        help="nnU-Net folds (default 0)")
     parser.add_argument("--fractions", type=fraction, nargs="+", default=[0.25, 0.5, 1.0], metavar="F",
                         help="labelled fractions of each fold's training cases, in (0, 1] (default 0.25 0.5 1)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="phantom folder (diff4mm_phantom) whose ground_truth/<case>/label.nii.gz are the references")
     parser.add_argument("--derived-id", type=int, default=None, metavar="ID",
                         help=f"dataset ID of arm a's reference-phase dataset (default: ID + {DERIVED_ID_OFFSET})")
-    parser.add_argument("--reference-phase", default=None, metavar="PHASE",
+    parser.add_argument("--reference", dest="reference_phase", default=None, metavar="PHASE",
                         help="reference phase name (default: dataset.json's diff4mm.reference)")
+    deprecated_alias(parser, "--reference-phase", "--reference", "reference_phase", metavar="PHASE")
     parser.add_argument("--nsd-tolerance-mm", type=positive_float, default=DEFAULT_NSD_TOLERANCE_MM, metavar="MM",
                         help=f"surface Dice tolerance in mm (default {DEFAULT_NSD_TOLERANCE_MM:g})")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default=None,
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(not 0 < f <= 1 for f in args.fractions):
         parser.error("--fractions must lie in (0, 1]")
     if any(k < 0 for k in args.folds):
-        parser.error("--folds must be >= 0")
+        parser.error("-f/--folds must be >= 0")
     if args.nsd_tolerance_mm < 0:
         parser.error("--nsd-tolerance-mm must be >= 0")
     output = Path(args.output or f"diff4mm_benchmark_{args.dataset}")

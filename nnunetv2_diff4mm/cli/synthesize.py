@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .arg_types import SHARD_HELP, shard
+from .arg_types import SHARD_HELP, deprecated_alias, shard
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
@@ -21,10 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "Writes OUT/imagesTr/syn_XXXX_000k, OUT/labelsTr/syn_XXXX (1 liver, 2 tumor), "
                     "OUT/dataset.json and OUT/montages/*.png. Deterministic by seed; re-running completes "
                     "missing cases.")
-    parser.add_argument("bundle", metavar="BUNDLE", help="synthesis bundle folder (diff4mm_train_synthesizer)")
+    parser.add_argument("bundle", metavar="BUNDLE", nargs="?", default=None,
+                        help="synthesis bundle folder (diff4mm_train_synthesizer; default: DATASET/diff4mm/"
+                             "synthesizer, where diff4mm_train_synthesizer and Diff4MMTrainer keep it)")
     parser.add_argument("-d", "--dataset", required=True, metavar="ID",
                         help="source dataset id or name (its diff4mm/normal/ CTs are used)")
-    parser.add_argument("-n", "--num-cases", type=int, required=True, metavar="N", help="synthetic cases to write")
+    parser.add_argument("--num-cases", type=int, default=None, metavar="N", help="synthetic cases to write "
+                        "(required)")
+    deprecated_alias(parser, "-n", "--num-cases (-n is the dataset name in diff4mm_register)", "num_cases",
+                     type=int, metavar="N")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder")
     parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
                         help="paint into the normal CTs of this folder (e.g. DATASET/diff4mm/normal_fold0), those of "
@@ -41,15 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.num_cases is None:
+        parser.error("the following arguments are required: --num-cases")
     if args.num_cases < 1:
-        parser.error("-n must be >= 1")
+        parser.error("--num-cases must be >= 1")
     dataset_dir = resolve_raw_dataset(args.dataset)  # before the torch import: a bad -d fails at once
+    bundle = args.bundle
+    if bundle is None:
+        from .. import conventions
+
+        bundle = conventions.bundle_folder(dataset_dir)
     from synthesis.dataset_io import synthesize_dataset
     from synthesis.pipeline import Synthesizer
 
     from ..visualization import montage
 
-    synthesizer = Synthesizer.from_bundle(args.bundle, device=args.device)
+    synthesizer = Synthesizer.from_bundle(bundle, device=args.device)
     names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
                                montage_fn=montage, normal_dir=args.normal, shard=args.shard)
     if args.shard is not None:
