@@ -21,7 +21,8 @@ def pick_cases(references: Mapping[str, Path], n: int = 4) -> list[str]:
     """Up to n cases with a tumor, spread evenly over the reference tumor volume (smallest to largest)."""
     volumes = {}
     for case, path in sorted(references.items()):
-        voxels = int((sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))) == 2).sum())
+        voxels = int((sitk.GetArrayFromImage(sitk.ReadImage(str(path))) == 2).sum())  # a view of a temporary
+        # image dangles once the image is collected (read garbage here in CI: a case without tumor had one)
         if voxels:
             volumes[case] = voxels
     ordered = sorted(volumes, key=lambda c: (volumes[c], c))
