@@ -16,11 +16,11 @@ grid, and restored there:
    has the scan's grain amplitude, correlation and anisotropy (CT noise is neither white nor isotropic).
 3. **Amount**: a smooth classical fill is topped up until its residual energy reaches the healthy liver's,
    ``std_add = sqrt(max(std_healthy^2 - std_fill^2, 0))`` (in the band of step 1). A fill made on a coarser
-   working grid (the learned inpainter) already has the grain that grid holds; it gets exactly what that grid
-   loses (``lost_detail``: the healthy liver minus its down- and up-sampling through the working grid, with
-   that detail's own spectrum): nothing on a native grid as coarse as the working grid. Measuring the fill's
-   own grain instead reads low in small holes (the normalised convolution tracks more of the signal there)
-   and over-fills them. The added field is zero-mean and high-frequency: the fill's structure is kept.
+   working grid (the learned inpainter) already has the grain that grid holds; it gets what that grid loses
+   (``lost_detail``: the healthy liver minus its down- and up-sampling through the working grid, with that
+   detail's own spectrum), but no more than the top-up above allows: nothing on a native grid as coarse as the
+   working grid (where the fill's own grain, measured in small holes, reads low and a top-up alone
+   over-fills), and on a fine grid not more than the fill lacks. The added field is zero-mean and high-frequency: the fill's structure is kept.
 
 Written here because no library offers it: SimpleITK and scikit-image have noise *adders* (Gaussian, shot,
 speckle: white, amplitude given) but no texture synthesis from a measured NPS.
@@ -125,8 +125,9 @@ def restore_grain(filled: np.ndarray, reference: np.ndarray, region: np.ndarray,
     grain. Two cases:
 
     - ``working_spacing_zyx`` given (a fill made on that coarser grid, e.g. the learned inpainter's, which has
-      the grain that grid holds): what is added is exactly what that grid loses, :func:`lost_detail` of the
-      healthy liver, its spectrum and its std. On a native grid as coarse as the working grid nothing is added.
+      the grain that grid holds): what that grid loses, :func:`lost_detail` of the healthy liver with its
+      spectrum, at most as much as the top-up below allows. On a native grid as coarse as the working grid
+      nothing is added.
     - otherwise (a smooth fill): the fill's own high-pass energy is measured on ``region & tissue`` (default the
       whole region; pass the liver so that the fill's liver/fat edge does not count) and topped up to the
       healthy liver's, with the healthy liver's spectrum.
@@ -142,27 +143,30 @@ def restore_grain(filled: np.ndarray, reference: np.ndarray, region: np.ndarray,
     lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, region.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     sub_region = region[box]
+    measured = sub_region if tissue is None else sub_region & tissue[box]
+    measured = measured if measured.sum() >= 20 else sub_region
+    band = _inner(measured)
+    residual = highpass(reference, mask=healthy)
+    healthy_std = float(residual[_inner(healthy)].std())
+    fill_std = float(highpass(out[box], mask=measured)[band].std())
+    missing = float(np.sqrt(max(healthy_std ** 2 - fill_std ** 2, 0.0)))
     if working_spacing_zyx is not None:
         detail = lost_detail(reference, spacing_zyx, working_spacing_zyx)
         if not detail.any():
             return out, record
-        spectrum, added = grain_spectrum(detail, healthy, spacing_zyx, rng)
-        record.update(healthy_std=added, added_std=added)
-        band = None
+        spectrum, lost = grain_spectrum(detail, healthy, spacing_zyx, rng)
+        # the working grid's loss, but never more than the fill lacks against the healthy liver in the band: the
+        # network's fill keeps part of the fine grain, and on the 0.8 mm phantom the loss alone over-filled
+        # (texture 1.42-1.57, docs/decisions.md)
+        added = min(missing, lost)
     else:
-        spectrum, healthy_std = grain_spectrum(highpass(reference, mask=healthy), healthy, spacing_zyx, rng)
-        measured = sub_region if tissue is None else sub_region & tissue[box]
-        band = _inner(measured if measured.sum() >= 20 else sub_region)
-        fill_std = float(highpass(out[box], mask=measured if measured.sum() >= 20 else sub_region)[band].std())
-        added = float(np.sqrt(max(healthy_std ** 2 - fill_std ** 2, 0.0)))
-        record.update(healthy_std=healthy_std, fill_std=fill_std, added_std=added)
+        spectrum, _ = grain_spectrum(residual, healthy, spacing_zyx, rng)
+        added = missing
+    record.update(healthy_std=healthy_std, fill_std=fill_std, added_std=added)
     record["texture"] = "nps" if spectrum is not None else "white"
     if added > 0:
         field = grain_field(tuple(int(b - a) for a, b in zip(lo, hi)), spectrum, rng)
-        if band is not None:  # its energy in the high-pass band is what is missing
-            field *= added / (float(highpass(field)[band].std()) or 1.0)
-        else:
-            field *= added
+        field *= added / (float(highpass(field)[band].std()) or 1.0)  # its energy in the band is what is added
         sub = out[box]
         sub[sub_region] += field[sub_region]
     return out, record
