@@ -11,16 +11,17 @@ grid, and restored there:
    Gaussian is a normalised convolution within the tissue measured (healthy liver; the fill's liver part), so
    a tissue edge or the hole's rim is not taken for grain.
 2. **Texture model**: the residual's power spectrum (noise power spectrum, NPS), averaged over cubes of
-   ``CUBE_MM`` (halved until one fits) that lie entirely in the healthy liver, each Hann-windowed (Welch's method). A stationary
-   Gaussian field with that spectrum (white noise convolved with the zero-phase kernel ``ifft(sqrt(NPS))``)
-   has the scan's grain amplitude, correlation and anisotropy (CT noise is neither white nor isotropic).
+   ``CUBE_MM`` (halved until one fits) that lie entirely in the healthy liver, each Hann-windowed (Welch's
+   method). A stationary Gaussian field with that spectrum (white noise convolved with the zero-phase kernel
+   ``ifft(sqrt(NPS))``) has the scan's grain amplitude, correlation and anisotropy (CT noise is neither white nor isotropic).
 3. **Amount**: a smooth classical fill is topped up until its residual energy reaches the healthy liver's,
    ``std_add = sqrt(max(std_healthy^2 - std_fill^2, 0))`` (in the band of step 1). A fill made on a coarser
    working grid (the learned inpainter) already has the grain that grid holds; it gets what that grid loses
    (``lost_detail``: the healthy liver minus its down- and up-sampling through the working grid, with that
    detail's own spectrum), but no more than the top-up above allows: nothing on a native grid as coarse as the
    working grid (where the fill's own grain, measured in small holes, reads low and a top-up alone
-   over-fills), and on a fine grid not more than the fill lacks. The added field is zero-mean and high-frequency: the fill's structure is kept.
+   over-fills), and on a fine grid not more than the fill lacks. The added field is zero-mean and
+   high-frequency: the fill's structure is kept.
 
 Written here because no library offers it: SimpleITK and scikit-image have noise *adders* (Gaussian, shot,
 speckle: white, amplitude given) but no texture synthesis from a measured NPS.
@@ -143,25 +144,25 @@ def restore_grain(filled: np.ndarray, reference: np.ndarray, region: np.ndarray,
     lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, region.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     sub_region = region[box]
+    if working_spacing_zyx is not None:
+        detail = lost_detail(reference, spacing_zyx, working_spacing_zyx)
+        if not detail.any():  # the native grid is as coarse as the working grid: the fill has its grain
+            return out, record
+    residual = highpass(reference, mask=healthy)
+    if working_spacing_zyx is not None:
+        spectrum, lost = grain_spectrum(detail, healthy, spacing_zyx, rng)
+        healthy_std = float(residual[_inner(healthy)].std())
+    else:
+        spectrum, healthy_std = grain_spectrum(residual, healthy, spacing_zyx, rng)
     measured = sub_region if tissue is None else sub_region & tissue[box]
     measured = measured if measured.sum() >= 20 else sub_region
     band = _inner(measured)
-    residual = highpass(reference, mask=healthy)
-    healthy_std = float(residual[_inner(healthy)].std())
     fill_std = float(highpass(out[box], mask=measured)[band].std())
     missing = float(np.sqrt(max(healthy_std ** 2 - fill_std ** 2, 0.0)))
-    if working_spacing_zyx is not None:
-        detail = lost_detail(reference, spacing_zyx, working_spacing_zyx)
-        if not detail.any():
-            return out, record
-        spectrum, lost = grain_spectrum(detail, healthy, spacing_zyx, rng)
-        # the working grid's loss, but never more than the fill lacks against the healthy liver in the band: the
-        # network's fill keeps part of the fine grain, and on the 0.8 mm phantom the loss alone over-filled
-        # (texture 1.42-1.57, docs/decisions.md)
-        added = min(missing, lost)
-    else:
-        spectrum, _ = grain_spectrum(residual, healthy, spacing_zyx, rng)
-        added = missing
+    # a learned fill gets the working grid's loss, but never more than it lacks against the healthy liver in the
+    # band: the network's fill keeps part of the fine grain, and on the 0.8 mm phantom the loss alone over-filled
+    # (texture 1.42-1.57, docs/decisions.md)
+    added = missing if working_spacing_zyx is None else min(missing, lost)
     record.update(healthy_std=healthy_std, fill_std=fill_std, added_std=added)
     record["texture"] = "nps" if spectrum is not None else "white"
     if added > 0:

@@ -838,9 +838,9 @@ def fill_region(phases: Mapping[str, sitk.Image], region: sitk.Image, model_or_m
     (synthesis/grain.py; the network works on a coarse grid, so on a finer scan its fill lacks it).
     ``structure`` (learned model only): ``"membrane"`` takes the fill's coarse structure (Gaussian
     STRUCTURE_SIGMA_MM) from the harmonic fill and its finer detail from the network; ``"learned"`` keeps the
-    network's fill as it is. The
-    classical ``+noise`` methods always add that grain; ``median`` and ``harmonic`` never. Voxels outside the model's HU window (default
-    -200..400 HU: air, lung, bone) are kept: no tumor has such values.
+    network's fill as it is. The classical ``+noise`` methods always add that grain; ``median`` and
+    ``harmonic`` never. Voxels outside the model's HU window (default -200..400 HU: air, lung, bone) are kept:
+    no tumor has such values.
     """
     names = _check_case(phases, label)
     reference = phases[names[0]]
