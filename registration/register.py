@@ -17,7 +17,8 @@ Staged SimpleITK registration, as in the SimpleITK registration notebooks:
 3. **Initialisation.** With a liver mask for the moving phase (``<PHASE>_liver`` in the input) the centroids of
    the two masks are aligned (CenteredTransformInitializer, MOMENTS); otherwise the scanner coordinates are
    trusted (identity, rotation centre at the region's centroid): phases of one examination share the table, so
-   physical coordinates are the best first guess.
+   physical coordinates are the best first guess. Settings without any stage
+   (:meth:`RegistrationSettings.without_registration`) keep the identity: the unregistered control.
 4. **Rigid (Euler3D) -> affine -> B-spline**, level by level coarse to fine. Mattes mutual information on a
    fixed-seed random sample of the masked fixed level (deterministic: same input, same transform). Rigid and
    affine: regular-step gradient descent with optimizer scales from physical shift. B-spline: one B-spline per
@@ -111,6 +112,17 @@ class RegistrationSettings:
 
     def without_bspline(self) -> "RegistrationSettings":
         return replace(self, bspline=None)
+
+    def without_registration(self) -> "RegistrationSettings":
+        """No stage at all: every phase is only resampled onto the reference grid through the identity (scanner
+        coordinates, not even the mask-centroid initialisation). The unregistered control of the paper's central
+        claim (aligned synthetic data removes the need for well-registered data)."""
+        return replace(self, rigid=None, affine=None, bspline=None)
+
+    @property
+    def registers(self) -> bool:
+        """False for :meth:`without_registration`: no stage, identity resampling."""
+        return any(stage is not None for stage in (self.rigid, self.affine, self.bspline))
 
     def levels(self) -> list[tuple[int, float]]:
         """Every (shrink, sigma) pyramid level some stage uses, plus the QA level."""
@@ -628,7 +640,8 @@ def register_phase(setup: FixedSetup, moving: sitk.Image, moving_liver: sitk.Ima
     with single_threaded_itk():
         start = time.perf_counter()
         levels, moving_region = _moving_levels(setup, moving, moving_liver, settings)
-        rigid, init = _initial_rigid(setup, moving_region)
+        # Unregistered (no stage): not even the mask centroids, the scanner coordinates as acquired.
+        rigid, init = _initial_rigid(setup, moving_region if settings.registers else None)
         current: sitk.Transform = sitk.CompositeTransform([rigid])
         metric = _metric(setup, levels, current, settings)
         records: list[dict[str, Any]] = [{"stage": "initial", "method": init, "metric_after": metric}]

@@ -66,6 +66,24 @@ def test_registration_reduces_the_error_to_the_true_alignment(registered):
         assert after < 0.5 * before, (phase, before, after)  # acceptance goal 0.40 at the demo's resolution
 
 
+def test_without_registration_is_identity_resampling_the_unregistered_control(registered):
+    root, _ = registered
+    target = write_registered_dataset(root / "phantom", 504, "Unreg", root / "raw", progress=False,
+                                      settings=DEFAULT.without_registration(), allow_failed=True)
+    phases = ["NC", "AP", "PVP", "DELAY"]
+    for case in ("case_000", "case_001"):
+        errors = case_errors(root / "phantom", target, case, phases)
+        for phase in ("NC", "AP", "DELAY"):
+            unregistered, written = errors[phase]
+            assert unregistered > 5.0  # the phantom's phases are misaligned ...
+            assert abs(written - unregistered) < 0.5, (case, phase, errors[phase])  # ... and stay so (int16 rounding)
+        qa = json.loads((target / "diff4mm" / "registration" / case / "qa.json").read_text(encoding="utf-8"))
+        assert {p["initialisation"] for p in qa["phases"].values() if "initialisation" in p} == {
+            "identity (scanner coordinates)"}
+    settings = json.loads((target / "diff4mm" / "registration" / "settings.json").read_text(encoding="utf-8"))
+    assert settings["settings"]["rigid"] is settings["settings"]["affine"] is settings["settings"]["bspline"] is None
+
+
 def test_finished_cases_are_skipped_and_an_interrupted_case_is_redone(registered):
     root, target = registered
     kept = (target / "imagesTr" / "case_000_0000.nii.gz").stat().st_mtime_ns

@@ -40,8 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"annotated phase every other phase is registered to (default: {DEFAULT_REFERENCE})")
     parser.add_argument("--nnunet-raw", default=None, metavar="DIR",
                         help="nnU-Net raw folder (default: $nnUNet_raw)")
-    parser.add_argument("--no-bspline", action="store_true", help="stop after the affine stage (faster, rigid "
+    stages = parser.add_mutually_exclusive_group()
+    stages.add_argument("--no-bspline", action="store_true", help="stop after the affine stage (faster, rigid "
                         "organs only)")
+    stages.add_argument("--no-registration", action="store_true",
+                        help="do not register: resample every phase onto the reference grid as acquired (scanner "
+                             "coordinates, identity transform). The unregistered control of the benchmark (the "
+                             "paper's claim that aligned synthetic data removes the need for registration); the QA "
+                             "still measures each phase's similarity, so expect flagged phases and pass "
+                             "--allow-failed")
     parser.add_argument("--no-montages", action="store_true", help="skip the per-case QA PNGs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset made from another input or with other settings: only "
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = RegistrationSettings()
     if args.no_bspline:
         settings = settings.without_bspline()
+    if args.no_registration:
+        settings = settings.without_registration()
     target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
                                       args.reference, args.num_processes, args.overwrite, settings,
                                       montage_fn=None if args.no_montages else montage,
