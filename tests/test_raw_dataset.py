@@ -15,7 +15,7 @@ from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
 from nnunetv2_diff4mm.visualization import montage
 from registration.inputs import InputError
 from registration.nnunet_raw import DatasetExistsError, write_registered_dataset
-from registration.register import RegistrationSettings
+from registration.register import RegistrationSettings, register
 
 DEFAULT = RegistrationSettings()
 
@@ -82,6 +82,21 @@ def test_without_registration_is_identity_resampling_the_unregistered_control(re
             "identity (scanner coordinates)"}
     settings = json.loads((target / "diff4mm" / "registration" / "settings.json").read_text(encoding="utf-8"))
     assert settings["settings"]["rigid"] is settings["settings"]["affine"] is settings["settings"]["bspline"] is None
+
+
+def test_without_registration_ignores_moving_liver_masks(registered):
+    """A <PHASE>_liver mask would start a registration at the mask centroids (10 mm here); unregistered keeps
+    the scanner coordinates."""
+    root, _ = registered
+    fixed = sitk.ReadImage(str(root / "phantom" / "case_000" / "PVP.nii.gz"))
+    liver = sitk.ReadImage(str(root / "phantom" / "case_000" / "label.nii.gz")) > 0
+    origin = np.add(fixed.GetOrigin(), (0.0, 0.0, 10.0))
+    moving, moving_liver = (sitk.Image(img) for img in (fixed, liver))
+    for img in (moving, moving_liver):
+        img.SetOrigin(tuple(origin))
+    result = register(fixed, moving, liver, moving_liver, settings=DEFAULT.without_registration())
+    assert result.qa["initialisation"] == "identity (scanner coordinates)"
+    assert result.qa["displacement_max_mm"] == 0.0
 
 
 def test_finished_cases_are_skipped_and_an_interrupted_case_is_redone(registered):
