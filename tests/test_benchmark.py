@@ -95,6 +95,36 @@ def test_report_values_equal_hand_computed(tmp_path):
     assert [r["tumor_dice"] for r in back] == [r["tumor_dice"] for r in rows]
 
 
+def test_two_runs_side_by_side_are_paired_per_test_case(tmp_path):
+    """benchmarks/compare_reports.py: the same arm on a registered and an unregistered dataset, one table each and
+    the paired difference of the two runs per test case (Table 3's "unregistered" rows)."""
+    import subprocess
+    import sys
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "compare_reports.py")
+    refs = _folder(tmp_path / "refs", {"c1": 0, "c2": 0})
+    runs = {"registered": {"c1": 0, "c2": 0}, "unregistered": {"c1": 1, "c2": None}}  # tumor Dice 1, 1 / 0.75, 0
+    for tag, cases in runs.items():
+        pred = _folder(tmp_path / f"pred_{tag}", cases)
+        R.write_csv([{"method": BM, "fraction": 0.15, "fold": 0, **r} for r in evaluate_folder(pred, refs)],
+                    tmp_path / tag / "per_case.csv")
+    out = tmp_path / "side_by_side"
+    proc = subprocess.run([sys.executable, script, f"registered={tmp_path / 'registered'}",
+                           f"unregistered={tmp_path / 'unregistered'}", "-o", str(out)],
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| (b@registered) nnU-Net, all registered phases | 1.000 ± 0.000 |" in text
+    # registered - unregistered tumor Dice: 1 - 0.75, 1 - 0 -> +0.625; the two rows of one case are paired
+    assert ("| (b@registered) − (b@unregistered) | tumor Dice | +0.625 | [+0.250, +1.000] | 0.5 | above 0 | 2 |"
+            in text)
+    # a tag missing its '=' is refused before anything is written
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "registered"), f"x={tmp_path / 'unregistered'}",
+                          "-o", str(tmp_path / "bad")],
+                         capture_output=True, text=True, encoding="utf-8", errors="replace")
+    assert bad.returncode == 2 and "TAG=FOLDER" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 # --- resume: "is finished" checks on fake nnU-Net layouts -------------------------------------------------------
 def _job(arm="b", fraction=1.0, fold=0, nnunet_fold=0) -> B.Job:
     return B.Job(B.ARM_BY_KEY[arm], fraction, fold, nnunet_fold, "Dataset999_Toy", "nnUNetTrainer_Diff4MMDemo",

@@ -61,6 +61,39 @@ def read_csv(path) -> list[dict]:
     return rows
 
 
+def merge_reports(reports: Mapping[str, object], methods: Mapping[str, str]
+                  ) -> tuple[list[dict], dict[str, str], list[tuple[str, str]]]:
+    """Rows of several benchmark runs side by side, e.g. the same arms on a registered and on an unregistered
+    dataset (Table 3's "unregistered" rows): {tag: per_case.csv}. Each row's method becomes "<method>@<tag>" and
+    its label "(<short label>@<tag>) ..." so that short labels stay distinct. Returns (rows, labels, pairs), the
+    pairs being every method present in the first report and another, first tag minus other tag: the paired test
+    cases must be the same (same fold, same case names), which is the case for one phantom registered two ways.
+    """
+    if len(reports) < 2:
+        raise ValueError("merge_reports needs at least two reports ({tag: per_case.csv})")
+    rows, labels, present = [], {}, {}
+    for tag, path in reports.items():
+        if not tag or "@" in tag or " " in tag:
+            raise ValueError(f"report tag {tag!r}: use a short word without '@' or spaces (e.g. registered)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such per_case.csv (a diff4mm_benchmark output folder holds one)")
+        own = read_csv(path)
+        present[tag] = {r["method"] for r in own}
+        for r in own:
+            method = f"{r['method']}@{tag}"
+            rows.append({**r, "method": method})
+            label = methods.get(r["method"], r["method"])
+            short, _, rest = label.partition(" ")
+            labels[method] = (f"{short[:-1]}@{tag}) {rest}" if short.startswith("(") and short.endswith(")")
+                              else f"{label}@{tag}")
+    order = list(methods)
+    first, *others = reports
+    pairs = [(f"{m}@{first}", f"{m}@{tag}") for tag in others
+             for m in sorted(present[first] & present[tag],
+                             key=lambda m: (order.index(m) if m in order else len(order), m))]
+    return rows, labels, pairs
+
+
 def select(rows, method: str | None = None, fraction: float | None = None) -> list[dict]:
     return [r for r in rows if (method is None or r["method"] == method)
             and (fraction is None or math.isclose(r["fraction"], fraction))]

@@ -1,0 +1,58 @@
+"""Two or more diff4mm_benchmark runs side by side, paired on their common test cases: e.g. the same arms on the
+registered and on the unregistered dataset of one phantom (the paper's Table 3, "unregistered" rows).
+
+    python benchmarks/compare_reports.py registered=benchmarks/results/evidence_frac0.15_fold0 \\
+        unregistered=/work/ev/report602 -o benchmarks/results/evidence_registration_frac0.15_fold0
+
+Each run is TAG=FOLDER (a benchmark output folder holding per_case.csv, or the CSV itself). Every method of the first
+run that another run also has is compared first minus other, per test case and fold, with the benchmark's own
+tables (mean ± std, pooled recall/precision, paired difference with a 95 % bootstrap interval and Wilcoxon p).
+Only per_case.csv files are read: no model runs, no test image is opened.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _tagged(text: str) -> tuple[str, Path]:
+    tag, sep, path = text.partition("=")
+    if not sep or not tag or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TAG=FOLDER, e.g. registered=benchmarks/results/x")
+    path = Path(path)
+    return tag, path / "per_case.csv" if path.is_dir() else path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=_tagged, metavar="TAG=FOLDER",
+                        help="benchmark output folder (or its per_case.csv) with a short tag; the first is compared "
+                             "against each of the others")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for summary.md, per_case.csv, plots")
+    parser.add_argument("--title", default="Diff4MM benchmark runs side by side", help="summary.md heading")
+    args = parser.parse_args(argv)
+    tags = [t for t, _ in args.runs]
+    if len(set(tags)) != len(tags) or len(tags) < 2:
+        parser.error(f"give at least two runs with distinct tags (got {', '.join(tags)})")
+
+    from nnunetv2_diff4mm.benchmark.common import method_labels
+    from nnunetv2_diff4mm.evaluation import report as R
+
+    try:
+        rows, labels, pairs = R.merge_reports(dict(args.runs), method_labels())
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    settings = {f"run {tag}": str(path) for tag, path in args.runs}
+    summary = R.write_report(rows, args.output, labels, pairs, settings, title=args.title)
+    print(f"[diff4mm] {len(pairs)} paired comparisons of {len(rows)} rows: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
