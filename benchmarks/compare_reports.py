@@ -8,6 +8,13 @@ Each run is TAG=FOLDER (a benchmark output folder holding per_case.csv, or the C
 run that another run also has is compared first minus other, per test case and fold, with the benchmark's own
 tables (mean ± std, pooled recall/precision, paired difference with a 95 % bootstrap interval and Wilcoxon p).
 Only per_case.csv files are read: no model runs, no test image is opened.
+
+With --combine the runs are different arms of one benchmark (same dataset, test cases and folds), e.g. arm (c)
+trained in a later session beside an earlier arm (b) run: their rows become one report with the benchmark's own
+pairs ((c) − (b), (b) − (a), ...), as if one diff4mm_benchmark run had trained every arm:
+
+    python benchmarks/compare_reports.py --combine b=benchmarks/results/evidence_unregistered_frac0.15_fold0 \\
+        c=/work/ev/report602c -o benchmarks/results/evidence_unregistered_bc_frac0.15_fold0
 """
 from __future__ import annotations
 
@@ -34,22 +41,38 @@ def main(argv=None) -> int:
                         help="benchmark output folder (or its per_case.csv) with a short tag; the first is compared "
                              "against each of the others")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder for summary.md, per_case.csv, plots")
-    parser.add_argument("--title", default="Diff4MM benchmark runs side by side", help="summary.md heading")
+    parser.add_argument("--title", default=None, help="summary.md heading")
+    parser.add_argument("--combine", action="store_true",
+                        help="the runs trained different arms of one benchmark: one report with the benchmark's pairs "
+                             "((c) − (b), ...) instead of each method paired across runs")
+    parser.add_argument("--unregistered", action="store_true",
+                        help="with --combine: label the arms as trained on unregistered phases "
+                             "(a dataset from diff4mm_register --no-registration)")
     args = parser.parse_args(argv)
     tags = [t for t, _ in args.runs]
     if len(set(tags)) != len(tags) or len(tags) < 2:
         parser.error(f"give at least two runs with distinct tags (got {', '.join(tags)})")
 
-    from nnunetv2_diff4mm.benchmark.common import method_labels
+    if args.unregistered and not args.combine:
+        parser.error("--unregistered labels the arms of a --combine report; side by side, the tags name the runs")
+    from nnunetv2_diff4mm.benchmark.common import method_labels, reported_pairs
     from nnunetv2_diff4mm.evaluation import report as R
 
     try:
-        rows, labels, pairs = R.merge_reports(dict(args.runs), method_labels())
+        if args.combine:
+            rows = R.combine_reports([path for _, path in args.runs])
+            labels = method_labels(registered=not args.unregistered)
+            present = {r["method"] for r in rows}
+            pairs = [(x, y) for x, y in reported_pairs() if x in present and y in present]
+        else:
+            rows, labels, pairs = R.merge_reports(dict(args.runs), method_labels())
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     settings = {f"run {tag}": str(path) for tag, path in args.runs}
-    summary = R.write_report(rows, args.output, labels, pairs, settings, title=args.title)
+    title = args.title or ("Diff4MM benchmark, arms combined from several runs" if args.combine
+                           else "Diff4MM benchmark runs side by side")
+    summary = R.write_report(rows, args.output, labels, pairs, settings, title=title)
     print(f"[diff4mm] {len(pairs)} paired comparisons of {len(rows)} rows: {summary}")
     return 0
 

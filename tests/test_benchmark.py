@@ -125,6 +125,39 @@ def test_two_runs_side_by_side_are_paired_per_test_case(tmp_path):
     assert bad.returncode == 2 and "TAG=FOLDER" in bad.stderr and not (tmp_path / "bad").exists()
 
 
+def test_arms_of_two_runs_combine_into_one_paired_report(tmp_path):
+    """compare_reports.py --combine: arm (b) from one run and arm (c) from a later run of the same benchmark become
+    one report with the benchmark's own (c) − (b) pair per test case; a row present in both runs is refused."""
+    import subprocess
+    import sys
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "compare_reports.py")
+    refs = _folder(tmp_path / "refs", {"c1": 0, "c2": 0})
+    for method, cases in ((BM, {"c1": 1, "c2": None}), (C, {"c1": 0, "c2": 1})):  # (b) 0.75, 0; (c) 1, 0.75
+        pred = _folder(tmp_path / f"pred_{method}", cases)
+        R.write_csv([{"method": method, "fraction": 0.15, "fold": 0, **r} for r in evaluate_folder(pred, refs)],
+                    tmp_path / method / "per_case.csv")
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, encoding="utf-8",
+                              errors="replace")
+
+    out = tmp_path / "combined"
+    proc = run("--combine", "--unregistered", f"b={tmp_path / BM}", f"c={tmp_path / C}", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    b_line = next(line for line in text.splitlines() if line.startswith("| (b) nnU-Net, all unregistered phases "
+                                                                          "(identity resampling) |"))
+    assert "| 0.375 ± 0.530 |" in b_line and "0.500 (1/2)" in b_line
+    # (c) - (b) per case: 1 - 0.75, 0.75 - 0 -> +0.500, bootstrap [+0.250, +0.750], exact Wilcoxon p 0.5
+    assert "| (c) − (b) | tumor Dice | +0.500 | [+0.250, +0.750] | 0.5 | above 0 | 2 |" in text
+    assert len(R.read_csv(out / "per_case.csv")) == 4
+    # the same arm in both runs would count its cases twice: refused, nothing written
+    dup = run("--combine", f"b={tmp_path / BM}", f"again={tmp_path / BM}", "-o", str(tmp_path / "dup"))
+    assert dup.returncode == 1 and "combine runs of different arms only" in dup.stderr
+    assert not (tmp_path / "dup").exists()
+
+
 # --- resume: "is finished" checks on fake nnU-Net layouts -------------------------------------------------------
 def _job(arm="b", fraction=1.0, fold=0, nnunet_fold=0) -> B.Job:
     return B.Job(B.ARM_BY_KEY[arm], fraction, fold, nnunet_fold, "Dataset999_Toy", "nnUNetTrainer_Diff4MMDemo",

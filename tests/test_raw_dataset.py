@@ -82,6 +82,10 @@ def test_without_registration_is_identity_resampling_the_unregistered_control(re
             "identity (scanner coordinates)"}
     settings = json.loads((target / "diff4mm" / "registration" / "settings.json").read_text(encoding="utf-8"))
     assert settings["settings"]["rigid"] is settings["settings"]["affine"] is settings["settings"]["bspline"] is None
+    # the benchmark labels its arms from that record ("all unregistered phases" in the report)
+    from nnunetv2_diff4mm.benchmark.common import dataset_is_registered
+
+    assert not dataset_is_registered(target) and dataset_is_registered(registered[1])
 
 
 def test_without_registration_ignores_moving_liver_masks(registered):

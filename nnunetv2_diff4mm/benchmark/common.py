@@ -58,12 +58,17 @@ def refcopy_method(method: str) -> str:
     return f"{method}{REFCOPY_SUFFIX}"
 
 
-def method_labels() -> dict[str, str]:
-    """per_case.csv method -> label, the Table 2 rows after the arms."""
-    labels = {a.method: a.label for a in ARMS}
+UNREGISTERED_WORDS = "unregistered phases (identity resampling)"
+
+
+def method_labels(registered: bool = True) -> dict[str, str]:
+    """per_case.csv method -> label, the Table 2 rows after the arms. `registered=False` (a dataset written by
+    `diff4mm_register --no-registration`, Table 3's unregistered control) names the phases as they are."""
+    labels = {a.method: a.label if registered else a.label.replace("registered phases", UNREGISTERED_WORDS)
+              for a in ARMS}
     # "(b-T2) ...": the first word is the short label of comparisons and plots
-    labels.update({refcopy_method(a.method): f"({a.key}-T2) {a.label.split(' ', 1)[1]}, tested with the reference "
-                                             "phase in every channel (Table 2)" for a in ARMS if not a.derived})
+    labels.update({refcopy_method(a.method): f"({a.key}-T2) {labels[a.method].split(' ', 1)[1]}, tested with the "
+                                             "reference phase in every channel (Table 2)" for a in ARMS if not a.derived})
     return labels
 
 
@@ -216,6 +221,19 @@ def read_dataset_json(raw_folder: Path) -> dict:
     if not path.is_file():
         raise BenchmarkError(f"{path}: missing; not an nnU-Net raw dataset")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def dataset_is_registered(raw_folder: Path) -> bool:
+    """False for a dataset `diff4mm_register --no-registration` wrote (its settings.json records no stage); True
+    for a registered one and for datasets this package did not write (nothing says otherwise)."""
+    from registration.nnunet_raw import QA_SUBFOLDER
+    from registration.register import RegistrationSettings
+
+    try:
+        stored = json.loads((Path(raw_folder) / QA_SUBFOLDER / "settings.json").read_text(encoding="utf-8"))
+        return RegistrationSettings.from_json(stored["settings"]).registers
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
 
 
 def reference_channel(dataset_json: dict, reference_phase: str | None = None) -> tuple[int, str]:

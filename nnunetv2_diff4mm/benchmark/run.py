@@ -44,8 +44,8 @@ from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
 from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
-                     _write_json_atomic, dataset_id_and_name, method_labels, read_dataset_json, reference_channel,
-                     refcopy_method, reported_pairs, test_cases, training_cases)
+                     _write_json_atomic, dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
+                     reference_channel, refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
                       prepare_derived_preprocessed, preprocessing_complete, write_reference_copied_inputs)
 from .nnunet_runs import fold_folder, predict_job, run_logged, synthesis_disabled, train_job
@@ -204,8 +204,9 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     rows = [{"method": method, "fraction": job.fraction, "fold": job.fold, **next(scores)}
             for method, job, pairs in finished for _ in pairs]
 
+    registered = dataset_is_registered(source_raw)
     settings_table = {
-        "dataset": source_name,
+        "dataset": source_name + ("" if registered else " (unregistered: diff4mm_register --no-registration)"),
         "reference phase": f"{phase} (channel {channel})",
         "arm (a) dataset": derived_name if use_derived else "not run",
         "preset": f"{preset.name}: plans {preset.plans}, configuration {configuration}",
@@ -223,7 +224,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
     }
     montage = _test_case_montage(finished, references, source_raw / "imagesTs", channel, phase, ending, out)
     return report.write_report(
-        rows, out, method_labels(), reported_pairs(), settings_table,
+        rows, out, method_labels(registered), reported_pairs(), settings_table,
         {job.key: timings[job.key] for job in jobs}, warnings, n_train, f"Diff4MM benchmark: {source_name}",
         s.nsd_tolerance_mm, extra_figures=(montage.name,))
 
@@ -236,7 +237,7 @@ def _test_case_montage(finished, references: Path, images_ts: Path, channel: int
 
     fraction = min(job.fraction for _, job, _ in finished)
     fold = min(job.fold for _, job, _ in finished if job.fraction == fraction)
-    labels = method_labels()
+    labels = method_labels(dataset_is_registered(images_ts.parent))
     columns = {}
     for method, job, pairs in finished:
         if job.fraction == fraction and job.fold == fold:

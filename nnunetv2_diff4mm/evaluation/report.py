@@ -94,6 +94,24 @@ def merge_reports(reports: Mapping[str, object], methods: Mapping[str, str]
     return rows, labels, pairs
 
 
+def combine_reports(reports: Sequence[object]) -> list[dict]:
+    """The rows of several runs of one benchmark (one dataset, one test set) that trained different arms, e.g. arm
+    (c) run later beside an earlier arm (b) run: one report, so the benchmark's own pairs ((c) − (b), ...) are taken
+    per test case. A (method, fraction, fold, case) present in two runs is refused: it would be counted twice."""
+    rows, seen = [], {}
+    for path in reports:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such per_case.csv (a diff4mm_benchmark output folder holds one)")
+        for r in read_csv(path):
+            key = tuple(r[k] for k in ID_COLUMNS)
+            if key in seen:
+                raise ValueError(f"{path}: {r['method']} fraction {r['fraction']:g} fold {r['fold']} {r['case']} is "
+                                 f"also in {seen[key]}; combine runs of different arms only")
+            seen[key] = path
+            rows.append(r)
+    return rows
+
+
 def select(rows, method: str | None = None, fraction: float | None = None) -> list[dict]:
     return [r for r in rows if (method is None or r["method"] == method)
             and (fraction is None or math.isclose(r["fraction"], fraction))]
