@@ -551,11 +551,18 @@ def validate_case(case: CaseFiles, reference: str = DEFAULT_REFERENCE, input_roo
             )
     _check_extents(case, headers, reference, names)
     if case.label is not None:
-        diffs = _grid_differences(_read_header(case.label, names[case.label]), headers[reference])
+        label_header = _read_header(case.label, names[case.label])
+        diffs = _grid_differences(label_header, headers[reference])
         if diffs:
+            # the label is annotated on another phase's grid: the likely fix is naming that phase the reference
+            match = next((phase for phase in case.phases
+                          if phase != reference and not _grid_differences(label_header, headers[phase])), None)
+            fix = (f"it is on the grid of phase {match} ({names[case.phases[match]]}): did you mean --reference "
+                   f"{match}? Otherwise resample the label onto {ref_path.name}" if match is not None
+                   else f"resample the label onto {ref_path.name}")
             raise InputError(
                 f"{names[case.label]}: label is not on the grid of the reference phase {names[ref_path]}: "
-                f"{', '.join(diffs)} (label vs {reference}); resample the label onto {ref_path.name}"
+                f"{', '.join(diffs)} (label vs {reference}); {fix}"
             )
     for phase, p in case.liver_masks.items():
         diffs = _grid_differences(_read_header(p, names[p]), headers[phase])

@@ -238,6 +238,17 @@ def test_label_not_on_grid_message_names_reference_and_fix(dataset: Path) -> Non
     assert "case_002/PVP.nii.gz" in str(info.value)
 
 
+def test_label_annotated_on_another_phase_suggests_that_phase_as_reference(dataset: Path) -> None:
+    """A label drawn on AP (its grid) while PVP is the reference: the fix is --reference AP, said in the line."""
+    ap = sitk.ReadImage(str(dataset / C2 / "AP.nii.gz"))
+    label = sitk.ReadImage(str(dataset / C2 / "label.nii.gz"))
+    sitk.WriteImage(sitk.Resample(label, ap, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID()),
+                    str(dataset / C2 / "label.nii.gz"))
+    with pytest.raises(InputError, match=r"on the grid of phase AP \(case_002/AP\.nii\.gz\): did you mean "
+                                         r"--reference AP\? Otherwise resample the label onto PVP\.nii\.gz$"):
+        validate_dataset(dataset)
+
+
 def test_missing_phase_message_format(dataset: Path) -> None:
     (dataset / C2 / "AP.nii.gz").rename(dataset / C2 / "ap.nii.gz")
     with pytest.raises(InputError) as info:
