@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registration.image_io import write_text_atomic
+
 from .benchmark.common import PRESETS as BENCHMARK_PRESETS
 
 DATASET_ID = 501
@@ -187,7 +189,4 @@ def _write_report(run: DemoRun) -> Path:
         lines += ["", "## QA montages", ""] + [f"![{p.parent.name}/{p.stem}]({os.path.relpath(p, out)})"
                                              for p in montages]
     report = out / "report.md"
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, report)
-    return report
+    return write_text_atomic(report, "\n".join(lines) + "\n")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from registration.image_io import write_json_atomic
+
 NNUNET_SPLIT_SEED = 12345  # nnU-Net's own seed for its 5-fold split (nnUNetTrainer.do_split)
 NNUNET_N_SPLITS = 5
 FRACTION_TAG, BASE_FOLD_TAG, SEED_TAG = "diff4mm_fraction", "diff4mm_base_fold", "diff4mm_subset_seed"
@@ -24,14 +26,6 @@ SPLITS_FILE = "splits_final.json"
 
 class SplitError(ValueError):
     """A split that does not exist or no longer matches; the message names the file and the fix."""
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def base_splits(splits: list[dict]) -> list[dict]:
@@ -91,11 +85,11 @@ def prepare_splits(source_preprocessed: Path, cases: list[str], folds, fractions
     before = json.dumps(splits)
     index = {(f, k): fraction_fold(splits, k, f, seed) for f in fractions for k in folds}
     if json.dumps(splits) != before or not path.is_file():
-        _write_json_atomic(path, splits)
+        write_json_atomic(path, splits, make_parents=True)
     if mirror_to is not None:
         target = Path(mirror_to) / "splits_final.json"
         if not target.is_file() or json.loads(target.read_text(encoding="utf-8")) != splits:
-            _write_json_atomic(target, splits)
+            write_json_atomic(target, splits, make_parents=True)
     return index, splits
 
 
@@ -139,7 +133,7 @@ def fold_cases(preprocessed_dataset_folder: Path, fold: int | str, labelled: lis
             raise SplitError(f"{folder}: no preprocessed dataset, so no {SPLITS_FILE}; run "
                              "nnUNetv2_plan_and_preprocess (or diff4mm_plan_cpu) first")
         splits = nnunet_default_splits(labelled)
-        _write_json_atomic(path, splits)
+        write_json_atomic(path, splits, make_parents=True)
     if not 0 <= index < len(splits):
         raise SplitError(f"{path}: has {len(splits)} splits (0-{len(splits) - 1}), no fold {index}")
     train, val = list(splits[index]["train"]), list(splits[index]["val"])

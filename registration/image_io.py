@@ -1,14 +1,20 @@
-"""Writing images so that readers never see a half-written file.
+"""Writing files so that readers never see a half-written one: the one home of the project's atomic writes.
 
-Every stage of the pipeline writes its outputs through :func:`write_image_atomic`: the image is written to a
-temporary file next to the target and then renamed over it. A crash or Ctrl-C mid-write therefore leaves either
-the old file or no file, never a truncated one that a later stage (or a resumed run) would mistake for a result.
+Every stage of the pipeline writes its outputs through these functions (images: :func:`write_image_atomic`; JSON
+records, text, CSV, checkpoints: :func:`write_json_atomic`, :func:`write_text_atomic`, :func:`write_atomic`):
+the content is written to a temporary file of a unique name next to the target (two processes or shards never
+share one) and then renamed over it. A crash or Ctrl-C mid-write therefore leaves either the old file or no file,
+never a truncated one that a later stage (or a resumed run) would mistake for a result, and the temporary file
+is removed. Temporary names start with a dot, so folder listings that skip hidden entries never see them.
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import SimpleITK as sitk
 
@@ -39,3 +45,30 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike[str]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO], Any], binary: bool = False,
+                 make_parents: bool = False) -> Path:
+    """Call ``write(handle)`` on a temporary file next to ``path`` (text mode, UTF-8, unless ``binary``), then
+    rename it onto ``path``. On any failure the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")) as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, make_parents: bool = False) -> Path:
+    return write_atomic(path, lambda handle: handle.write(text), make_parents=make_parents)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, make_parents: bool = False) -> Path:
+    """``data`` as indented JSON (indent 1, the project's record style)."""
+    return write_text_atomic(path, json.dumps(data, indent=1), make_parents=make_parents)

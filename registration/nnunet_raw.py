@@ -40,7 +40,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .image_io import write_image_atomic
+from .image_io import write_image_atomic, write_json_atomic, write_text_atomic
 from .inputs import (DEFAULT_PHASES, DEFAULT_REFERENCE, CaseFiles, InputError, _display, _first_line,
                      case_input_digests, load_case, read_image, validate_dataset)
 from .register import RegistrationSettings, prepare_fixed, register_phase, resample_to_reference
@@ -105,15 +105,6 @@ class Job:
     input_key: str | None = None  # what the case's outputs are made from (see _input_key)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file of a unique name (two processes never share one) and rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------ lock
@@ -481,7 +472,7 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
     record["flagged"] = flag_reasons(record)
     record["inputs"] = job.inputs
     record["input_key"] = job.input_key
-    _write_text_atomic(qa_file, json.dumps(record, indent=1))
+    write_json_atomic(qa_file, record)
     return record
 
 
@@ -597,7 +588,7 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
     qa_root.mkdir(parents=True, exist_ok=True)
     settings_file = qa_root / "settings.json"
     if not settings_file.is_file():
-        _write_text_atomic(settings_file, json.dumps(fingerprint, indent=1))
+        write_json_atomic(settings_file, fingerprint)
     current = {c.name for c in cases}
     for old in sorted(p.name for p in qa_root.iterdir() if p.is_dir()) if shard is None else []:
         if old not in current:
@@ -664,7 +655,7 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
         writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _write_text_atomic(summary, buffer.getvalue())
+        write_text_atomic(summary, buffer.getvalue())
     else:
         summary.unlink(missing_ok=True)
     _report_flagged(records, qa_root, summary, allow_failed, target)
@@ -678,5 +669,5 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
         "file_ending": ".nii.gz",
         "diff4mm": {"phases": list(phases), "reference": reference, "format_version": FORMAT_VERSION},
     }
-    _write_text_atomic(target / "dataset.json", json.dumps(dataset_json, indent=1))
+    write_json_atomic(target / "dataset.json", dataset_json)
     return target

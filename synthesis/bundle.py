@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from registration.image_io import write_json_atomic
 
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
@@ -195,9 +196,7 @@ def save_bundle(path, *, autoencoder: ROIAutoencoderKL, unet: MaskConditionedUNe
         "versions": _versions(),
         "training": training or {},
     }
-    tmp = path / f".{BUNDLE_JSON}.tmp"
-    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
-    os.replace(tmp, path / BUNDLE_JSON)
+    write_json_atomic(path / BUNDLE_JSON, config)
     return path
 
 

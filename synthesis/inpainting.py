@@ -48,6 +48,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import cg
 from tqdm import tqdm
 
+from registration.image_io import write_atomic, write_json_atomic
 from registration.nnunet_raw import DatasetLockedError, LockOwner, dataset_lock  # noqa: F401 (DatasetLockedError: raised)
 
 from .bundle import hash_files, verify_files, without_local_path
@@ -381,19 +382,13 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return torch.device(device)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _write_loss_csv(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "loss", "l1", "texture", "seconds"])
+    def write(handle):
+        writer = csv.DictWriter(handle, fieldnames=["epoch", "loss", "l1", "texture", "seconds"])
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
+
+    write_atomic(path, write)
 
 
 def _save_model_folder(model: FFCInpainter, folder: Path, extra: dict[str, object] | None = None) -> None:
@@ -576,7 +571,7 @@ def _train_inpainter(cases, out_dir, *, epochs, steps_per_epoch, device, seed, p
         os.replace(staging, ckpt)
         previous = state["checkpoint"]
         state.update(epochs_done=epoch + 1, checkpoint=name, history=history, finished=False)
-        _atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=1))
+        write_json_atomic(out_dir / STATE_FILE, state)
         _write_loss_csv(out_dir / LOSS_FILE, history)
         if previous and previous != name:
             shutil.rmtree(out_dir / previous, ignore_errors=True)
@@ -584,7 +579,7 @@ def _train_inpainter(cases, out_dir, *, epochs, steps_per_epoch, device, seed, p
     model.eval()
     _save_model_folder(model, out_dir / MODEL_FOLDER)
     state["finished"] = True
-    _atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=1))
+    write_json_atomic(out_dir / STATE_FILE, state)
     return model
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from registration.image_io import write_image_atomic
+from registration.image_io import write_image_atomic, write_json_atomic
 
 from .dataset_io import NORMAL_SUBDIR, DatasetError, load_case, read_dataset_json, select_cases
 from .inpainting import CLASSICAL_METHODS, _check_phases, inpaint_case, inpainter_training_cases, load_inpainter
@@ -180,7 +179,4 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
 
 def _write_record(path: Path, record: dict) -> None:
     """Atomically, with the cases in name order (a sharded and an unsharded run write the same file)."""
-    ordered = {**record, "cases": dict(sorted(record["cases"].items()))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(ordered, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, {**record, "cases": dict(sorted(record["cases"].items()))})

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from registration.image_io import write_atomic, write_json_atomic
+
 from .bundle import BUNDLE_JSON, BundleError, resolve_device, save_bundle, without_local_path
 from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
@@ -271,16 +273,8 @@ class _Log:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 def _resume_fix(work: Path) -> str:
@@ -386,7 +380,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     unet_batch = per_process_batch(preset.unet_batch, accelerator.num_processes, "unet_batch")
     if main:
         ckpt.mkdir(parents=True, exist_ok=True)
-        _atomic_json(work / "settings.json", settings)
+        write_json_atomic(work / "settings.json", settings)
     accelerator.wait_for_everyone()
     log = _Log(work / "log.csv", main)
     progress_path = work / "progress.json"
@@ -464,7 +458,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
             if main:
                 without_local_path(accelerator.unwrap_model(model)).save_pretrained(ae_dir, safe_serialization=True)
                 _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
-                _atomic_json(progress_path, state)
+                write_json_atomic(progress_path, state)
                 log.write(stage="autoencoder", epoch=epoch + 1, steps=(epoch + 1) * preset.ae_steps_per_epoch,
                           train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
             accelerator.wait_for_everyone()
@@ -551,7 +545,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                 without_local_path(raw).save_pretrained(unet_dir, safe_serialization=True)
                 _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
                 _save_state(ckpt / "unet_ema.pt", ema.state_dict())
-                _atomic_json(progress_path, state)
+                write_json_atomic(progress_path, state)
                 log.write(stage="unet", epoch=epoch + 1, steps=(epoch + 1) * preset.unet_steps_per_epoch,
                           train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
             accelerator.wait_for_everyone()

@@ -7,7 +7,7 @@ benchmark). Splits and labelled-fraction subsets live in ``nnunetv2_diff4mm.spli
 from ..splits import (base_splits, fraction_fold, fraction_subset, nnunet_default_splits,  # noqa: F401
                       prepare_splits)
 from .common import *  # noqa: F401,F403
-from .common import _case_ids, _link_or_copy, _write_json_atomic, _write_text_atomic  # noqa: F401
+from .common import _case_ids, _link_or_copy  # noqa: F401
 from .derived import *  # noqa: F401,F403
 from .derived import _check_id_free  # noqa: F401
 from .nnunet_runs import *  # noqa: F401,F403

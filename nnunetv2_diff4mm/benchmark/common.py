@@ -171,18 +171,6 @@ class Job:
         return f"{self.arm.method}/frac{self.fraction:g}/fold{self.fold}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=1))
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Make dst the same file as src (hard link, else a copy keeping mtime); up-to-date targets are kept."""
     if dst.exists():

@@ -5,7 +5,9 @@ import json
 import shutil
 from pathlib import Path
 
-from .common import (DERIVED_SUFFIX, BenchmarkError, Preset, Roots, _case_ids, _link_or_copy, _write_json_atomic,
+from registration.image_io import write_json_atomic
+
+from .common import (DERIVED_SUFFIX, BenchmarkError, Preset, Roots, _case_ids, _link_or_copy,
                      read_dataset_json)
 
 
@@ -52,7 +54,7 @@ def derive_reference_phase_dataset(source_raw: Path, target_raw: Path, channel: 
     derived["description"] = f"{phase} channel of {source_raw.name} (diff4mm_benchmark arm a)"
     derived["diff4mm"] = {**(data.get("diff4mm") or {}), "phases": [phase], "reference": phase,
                           "derived_from": source_raw.name, "source_channel": channel}
-    _write_json_atomic(target_raw / "dataset.json", derived)
+    write_json_atomic(target_raw / "dataset.json", derived, make_parents=True)
     return target_raw
 
 
@@ -147,7 +149,7 @@ def prepare_derived_preprocessed(source_name: str, target_name: str, target_id: 
         extract_fingerprints([target_id], num_processes=num_processes, check_dataset_integrity=True, clean=False,
                              verbose=False)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(plans_file, wanted)
+    write_json_atomic(plans_file, wanted, make_parents=True)
     shutil.copyfile(roots.raw / target_name / "dataset.json", folder / "dataset.json")
     preprocess_dataset(target_id, plans, (configuration,), [num_processes], show_progress_bar=False)
 

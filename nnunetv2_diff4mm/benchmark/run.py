@@ -39,12 +39,14 @@ import os
 import time
 from pathlib import Path
 
+from registration.image_io import write_json_atomic
+
 from .. import conventions
 from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
 from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
-                     _write_json_atomic, dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
+                     dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
                      reference_channel, refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
                       prepare_derived_preprocessed, preprocessing_complete, write_reference_copied_inputs)
@@ -172,7 +174,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         if status == "trained":
             record["train_s"] = time.perf_counter() - start
         record["train_status"] = status
-        _write_json_atomic(timings_path, timings)
+        write_json_atomic(timings_path, timings, make_parents=True)
         if job.arm.role == "diff4mm" and synthesis_disabled(roots.results, job):
             warnings.append(f"{job.key}: Diff4MMTrainer logged 'synthesis disabled' (trained on real samples "
                             f"only); see {fold_folder(roots.results, job)}")
@@ -184,7 +186,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         if status == "predicted":
             record["predict_s"] = time.perf_counter() - start
         record["predict_status"] = status
-        _write_json_atomic(timings_path, timings)
+        write_json_atomic(timings_path, timings, make_parents=True)
         finished.append((job.arm.method, job, M.folder_pairs(pred_dir, references, ending, cases_ts)))
         if refcopy_inputs is not None and not job.arm.derived:  # Table 2: reference phase in every channel
             method = refcopy_method(job.arm.method)
@@ -195,7 +197,7 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
                                  log_name=f"predict_{method}_frac{job.fraction:g}_fold{job.fold}")
             if status == "predicted":
                 record["predict_reference_copied_s"] = time.perf_counter() - start
-            _write_json_atomic(timings_path, timings)
+            write_json_atomic(timings_path, timings, make_parents=True)
             finished.append((method, job, M.folder_pairs(pred_dir, references, ending, cases_ts)))
     bar.close()
     _log(f"evaluating {len(finished)} x {len(cases_ts)} predictions")

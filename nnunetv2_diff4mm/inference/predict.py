@@ -44,7 +44,8 @@ import SimpleITK as sitk
 
 from registration.image_io import write_image_atomic
 from registration.inputs import InputError, _display, case_input_digests, read_image, validate_case
-from registration.nnunet_raw import _write_text_atomic, flag_reasons
+from registration.image_io import write_json_atomic
+from registration.nnunet_raw import flag_reasons
 from registration.register import (RegistrationSettings, prepare_fixed, register_phase, resample_to_reference,
                                    single_threaded_itk)
 
@@ -386,7 +387,7 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
     record["inputs"] = inputs
     record["input_key"] = key
     if paths is not None:
-        _write_text_atomic(paths["json"], json.dumps(record, indent=1))  # last: marks the case done
+        write_json_atomic(paths["json"], record)  # last: marks the case done
     return CaseResult(case.name, record, segmentation, False, paths["segmentation"] if paths else None, registered)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from registration.image_io import write_image_atomic
+from registration.image_io import write_image_atomic, write_json_atomic
 
 from . import acquisition, motion
 from .anatomy import build_anatomy
@@ -136,9 +136,7 @@ def write_case(case: PhantomCase, out_dir: Path) -> None:
     gt_dir.mkdir(parents=True, exist_ok=True)
     for key, image in case.ground_truth.items():
         write_image_atomic(image, gt_dir / f"{key}.nii.gz")
-    tmp_json = gt_dir / ".case.json.tmp"
-    tmp_json.write_text(json.dumps(case.info, indent=1), encoding="utf-8")
-    os.replace(tmp_json, gt_dir / "case.json")
+    write_json_atomic(gt_dir / "case.json", case.info)
 
     staging = out_dir / f".{case.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -187,9 +185,7 @@ def write_phantom_dataset(out_dir, config: PhantomConfig, cases: int, test_cases
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = out_dir / "phantom.json"
     if not settings.exists():
-        tmp = out_dir / ".phantom.json.tmp"
-        tmp.write_text(json.dumps(config.to_json(), indent=1), encoding="utf-8")
-        os.replace(tmp, settings)
+        write_json_atomic(settings, config.to_json())
     jobs = [(split, i) for split, n in (("train", cases), ("test", test_cases)) for i in range(n)]
     todo = [(config, s, i, str(out_dir)) for s, i in jobs if not (out_dir / case_name(s, i)).is_dir()]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="phantom cases", unit="case",

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
+
+from registration.image_io import write_atomic, write_text_atomic
 
 # How long a writer waits for another process that is preprocessing the same case (a few seconds per case on a
 # CPU; minutes only for a huge CT on a loaded machine). On timeout filelock.Timeout reaches the trainer, which
@@ -104,14 +104,14 @@ def preprocess_normal_cases(normal_dir: Path, case_ids: list[str], num_channels:
                 spacing = list(configuration_manager.spacing)
                 if len(spacing) < data.ndim - 1:  # 2d: nnU-Net resamples in-plane only and keeps the slice spacing
                     spacing = [float(properties["spacing"][plans_manager.transpose_forward[0]])] + spacing
-                _write_atomic(target, lambda fh: np.savez(
+                write_atomic(target, binary=True, write=lambda fh: np.savez(
                     fh, data=data.astype(np.float32), seg=seg.astype(np.int16), spacing=np.asarray(spacing, float),
                     fingerprint=np.asarray(stamp)))
         out.append(target)
     with FileLock(cache_dir / f".{MANIFEST}.lock", timeout=LOCK_TIMEOUT_S):
         # what the cache holds, not what this caller asked for: folds sharing the cache list different cases
         held = sorted(p.stem for p in cache_dir.glob("*.npz"))
-        _write_atomic(cache_dir / MANIFEST, lambda fh: fh.write(json.dumps(held).encode("utf-8")))
+        write_text_atomic(cache_dir / MANIFEST, json.dumps(held))
     return out
 
 
@@ -123,14 +123,3 @@ def _cached(target: Path, stamp: str) -> bool:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing or damaged: (re)write it
         return False
 
-
-def _write_atomic(target: Path, write) -> None:
-    """write(fh) into a temporary name no other writer uses (uuid; not ending in .npz, so never taken for a
-    cached case), then os.replace it onto target."""
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from registration.image_io import write_atomic, write_json_atomic
+
 SLOT_PATTERN = "sample_{:04d}.npz"
 
 
@@ -46,12 +48,6 @@ def read_status(folder: Path) -> dict:
         return {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def make_sample(synthesizer, normal_file: str, mappings, foreground_labels, rng: np.random.Generator) -> dict:
     """One synthetic sample in preprocessed space from one cached normal CT."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
@@ -72,14 +68,10 @@ def make_sample(synthesizer, normal_file: str, mappings, foreground_labels, rng:
 
 
 def save_sample(folder: Path, index: int, sample: dict) -> Path:
-    target = Path(folder) / SLOT_PATTERN.format(index)
-    tmp = target.with_name(f".tmp-{target.name}")
     locations = {str(k): np.asarray(v) for k, v in sample["class_locations"].items()}
-    with open(tmp, "wb") as fh:
-        np.savez(fh, data=sample["data"], seg=sample["seg"], source=np.asarray(sample["source"]),
-                 **{f"loc_{k}": v for k, v in locations.items()})
-    os.replace(tmp, target)
-    return target
+    return write_atomic(Path(folder) / SLOT_PATTERN.format(index), binary=True, write=lambda fh: np.savez(
+        fh, data=sample["data"], seg=sample["seg"], source=np.asarray(sample["source"]),
+        **{f"loc_{k}": v for k, v in locations.items()}))
 
 
 def load_sample(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -123,14 +115,14 @@ def produce(settings: PoolSettings, stop_event=None, max_samples: int | None = N
             spent = time.perf_counter() - start
             status["produced"] += 1
             status["seconds"] += spent
-            _write_json(folder / "status.json", status)
+            write_json_atomic(folder / "status.json", status)
             index = (index + 1) % settings.size
             if settings.duty < 1 and stop_event is not None:
                 stop_event.wait(spent * (1 - settings.duty) / max(settings.duty, 1e-3))
     except Exception as exc:  # reported to the trainer, which falls back to real samples
         status["error"] = f"{type(exc).__name__}: {exc}"
         status["traceback"] = traceback.format_exc()
-        _write_json(folder / "status.json", status)
+        write_json_atomic(folder / "status.json", status)
 
 
 def settings_to_json(settings: PoolSettings) -> dict:
