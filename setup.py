@@ -61,6 +61,7 @@ setup(
             "diff4mm_montage=nnunetv2_diff4mm.cli.montage:main",
             "diff4mm_demo=nnunetv2_diff4mm.cli.demo:main",
             "diff4mm_register=nnunetv2_diff4mm.cli.register:main",
+            "diff4mm_from_nnunet=nnunetv2_diff4mm.cli.from_nnunet:main",
             "diff4mm_benchmark=nnunetv2_diff4mm.cli.benchmark:main",
             "diff4mm_plan_cpu=nnunetv2_diff4mm.cli.plan_cpu:main",
             "diff4mm_synthesize=nnunetv2_diff4mm.cli.synthesize:main",

@@ -8,12 +8,14 @@ Layout read (DATASET = $nnUNet_raw/DatasetXXX_Name):
     DATASET/diff4mm/normal/labelsTr/<case>     liver mask of the normal case
 Layout written (OUT): imagesTr/syn_XXXX_000k, labelsTr/syn_XXXX, dataset.json like the source's,
 synthesis.json (bundle, seed, source case of each synthetic case), montages/syn_XXXX.png.
+
+User masks (``masks_dir``): MASKS/<case><file_ending>, a binary tumor mask (0 background, 1 tumor) on the grid of
+case <case>'s normal CT (the registered reference grid, i.e. that case's labelsTr file) and inside its liver; one
+synthetic case per mask file, painted into that case's normal CT.
 """
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from registration.image_check import IncompleteImageError, check_complete
-from registration.image_io import write_image_atomic
+from registration.image_io import write_image_atomic, write_json_atomic
 
 NORMAL_SUBDIR = Path("diff4mm") / "normal"
 
@@ -149,8 +151,52 @@ def load_training_cases(dataset_dir, cases: list[str] | None = None, normal_dir=
     return names, TrainingCases(dataset_dir, names, normal)
 
 
-def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int = 0, progress: bool = True,
-                       montage_fn: Callable | None = None, normal_dir=None, shard=None) -> list[str]:
+def read_user_masks(masks_dir, dataset_dir, normal: Path, ending: str) -> list[tuple[str, np.ndarray]]:
+    """[(source case, tumor mask (Z, Y, X) bool)] for every MASKS/<case><ending>, sorted by case, each checked
+    (readable, binary, on the grid of the case's normal label, inside its liver, not empty) before anything is
+    written; DatasetError names the file and the fix."""
+    masks_dir = Path(masks_dir)
+    if not masks_dir.is_dir():
+        raise DatasetError(f"{masks_dir}: no such folder of tumor masks (<case>{ending}, 0 background, 1 tumor)")
+    files = sorted(masks_dir.glob(f"*{ending}"))
+    if not files:
+        raise DatasetError(f"{masks_dir}: no tumor mask <case>{ending} in it; name each mask after the case whose "
+                           "normal CT it is painted into")
+    out = []
+    for path in files:
+        case = path.name[: -len(ending)]
+        liver_path = normal / "labelsTr" / f"{case}{ending}"
+        if not liver_path.is_file():
+            raise DatasetError(f"{path}: no normal CT of a case {case!r} in {normal} (name a mask after a labelled "
+                               "case with a normal CT, e.g. the stem of a file in its labelsTr)")
+        mask_image, liver_image = _read(path, "tumor mask"), _read(liver_path, "liver mask of the normal CT")
+        same_grid = (mask_image.GetSize() == liver_image.GetSize()
+                     and np.allclose(mask_image.GetSpacing(), liver_image.GetSpacing(), atol=1e-4)
+                     and np.allclose(mask_image.GetOrigin(), liver_image.GetOrigin(), atol=1e-3)
+                     and np.allclose(mask_image.GetDirection(), liver_image.GetDirection(), atol=1e-5))
+        if not same_grid:
+            raise DatasetError(f"{path}: not on the grid of {case}'s normal CT ({liver_path}: size "
+                               f"{liver_image.GetSize()}, spacing {np.round(liver_image.GetSpacing(), 3).tolist()}); "
+                               "resample the mask onto that file by nearest neighbour")
+        mask = sitk.GetArrayFromImage(mask_image)
+        values = np.unique(mask)
+        if not set(values.tolist()) <= {0, 1}:
+            raise DatasetError(f"{path}: values {values[:6].tolist()} in a tumor mask; expected 0 background and "
+                               "1 tumor (for an nnU-Net label, keep only label 2 as 1)")
+        mask = mask.astype(bool)
+        if not mask.any():
+            raise DatasetError(f"{path}: empty tumor mask; draw at least one tumor voxel or remove the file")
+        outside = int((mask & (sitk.GetArrayFromImage(liver_image) == 0)).sum())
+        if outside:
+            raise DatasetError(f"{path}: {outside} tumor voxels lie outside {case}'s liver ({liver_path}); tumors "
+                               "are painted and labelled inside the liver only: clip the mask to the liver")
+        out.append((case, mask))
+    return out
+
+
+def synthesize_dataset(synthesizer, dataset_dir, count: int | None, out_dir, seed: int = 0, progress: bool = True,
+                       montage_fn: Callable | None = None, normal_dir=None, shard=None, masks_dir=None,
+                       enhancement_hu: Sequence[float] | None = None) -> list[str]:
     """Write `count` synthetic cases (normal CT of source case i % n + random tumors) in nnU-Net raw layout.
 
     Sources: every labelled case, with its normal CT in DATASET/diff4mm/normal; or, with `normal_dir` (e.g. a
@@ -162,6 +208,10 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
 
     ``shard`` (registration.sharding.Shard I/N): make only cases i with i % N == I, at the same time as the other
     shards, into the same folder; no dataset.json (the final run without a shard completes and writes it).
+
+    ``masks_dir``: paint the user's tumor masks instead of random ones (:func:`read_user_masks`), one case per
+    mask, `count` None (or the number of masks). ``enhancement_hu``: the mean change per phase (HU, the dataset's
+    phase order) painted into every tumor, instead of one drawn from the bundle's bank for each.
     Returns the names of the cases this call is responsible for.
     """
     from tqdm import tqdm
@@ -176,6 +226,20 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
         sources = [c for c in sources if (normal / "labelsTr" / f"{c}{ending}").is_file()]
         if not sources:
             raise DatasetError(f"{normal / 'labelsTr'}: no normal CT of a labelled case; run diff4mm_inpaint")
+    if enhancement_hu is not None:
+        enhancement_hu = [float(v) for v in enhancement_hu]
+        if len(enhancement_hu) != len(phases) or not np.all(np.isfinite(enhancement_hu)):
+            raise DatasetError(f"{dataset_dir / 'dataset.json'}: the enhancement pattern needs one finite HU value "
+                               f"per phase {phases}, got {enhancement_hu}")
+    user_masks = None
+    if masks_dir is not None:
+        user_masks = read_user_masks(masks_dir, dataset_dir, normal, ending)
+        if count is not None and count != len(user_masks):
+            raise DatasetError(f"{masks_dir}: {len(user_masks)} tumor masks, but {count} cases asked for; with user "
+                               "masks every mask makes one case (leave the number of cases out)")
+        count, sources = len(user_masks), [case for case, _ in user_masks]
+    elif count is None or count < 1:
+        raise DatasetError(f"{out_dir}: give the number of synthetic cases (>= 1), or a folder of tumor masks")
     for name in sources:  # fail before writing anything
         missing = [f for f in (*_phase_files(normal / "imagesTr", name, len(phases), ending),
                                normal / "labelsTr" / f"{name}{ending}") if not f.is_file()]
@@ -183,7 +247,9 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
             raise DatasetError(f"{missing[0]}: missing normal (tumor-free) CT of {name}; run diff4mm_inpaint on "
                                "this dataset first")
     settings = {"bundle": str(Path(synthesizer.bundle.path).resolve()), "seed": seed,
-                "source_dataset": str(dataset_dir.resolve()), "normal_dir": str(normal.resolve())}
+                "source_dataset": str(dataset_dir.resolve()), "normal_dir": str(normal.resolve()),
+                "masks_dir": None if masks_dir is None else str(Path(masks_dir).resolve()),
+                "enhancement_hu": enhancement_hu}
     record_path = out_dir / "synthesis.json"
     if record_path.is_file():
         stored = json.loads(record_path.read_text(encoding="utf-8"))
@@ -196,21 +262,24 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
     for sub in ("imagesTr", "labelsTr", "montages"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     if shard is None or not record_path.is_file():
-        _atomic_json(record_path, {**settings, "cases": []})
+        write_json_atomic(record_path, {**settings, "cases": []})
     indices = list(range(count)) if shard is None else shard.select(range(count))
     names, record = [], []
     for i in tqdm(indices, desc="synthetic cases" + (f" (shard {shard})" if shard else ""), unit="case",
                   disable=not progress):
         name, source = f"syn_{i:04d}", sources[i % len(sources)]
         names.append(name)
-        record.append({"case": name, "source": source})
+        record.append({"case": name, "source": source} if user_masks is None
+                      else {"case": name, "source": source, "mask": f"{source}{ending}"})
         label_path = out_dir / "labelsTr" / f"{name}{ending}"
         if label_path.is_file():
             continue
         _, normal_ct, label, liver = load_case(dataset_dir, source, normal_dir=normal)
         normal_hu = np.stack([sitk.GetArrayFromImage(normal_ct[p]).astype(np.float32) for p in phases])
         liver_mask = sitk.GetArrayFromImage(liver) > 0
-        image, syn_label = synthesizer(normal_hu, label.GetSpacing(), liver_mask, np.random.default_rng([seed, i]))
+        image, syn_label = synthesizer(normal_hu, label.GetSpacing(), liver_mask, np.random.default_rng([seed, i]),
+                                       mask=None if user_masks is None else user_masks[i][1],
+                                       enhancement_hu=enhancement_hu)
         images = {}
         for k, p in enumerate(phases):
             ref = normal_ct[p]
@@ -233,8 +302,8 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int, out_dir, seed: int 
     dataset["numTraining"] = count
     dataset["name"] = f"{data.get('name', dataset_dir.name)} synthetic"
     dataset["description"] = f"Diff4MM synthetic tumors in normal CTs of {dataset_dir.name}"
-    _atomic_json(record_path, {**settings, "cases": record})
-    _atomic_json(out_dir / "dataset.json", dataset)
+    write_json_atomic(record_path, {**settings, "cases": record})
+    write_json_atomic(out_dir / "dataset.json", dataset)
     return names
 
 
@@ -242,8 +311,3 @@ def _synthesis_scaffold(entry: Path) -> bool:
     """What diff4mm_synthesize (or a concurrent shard of it) makes first: its folders and temporary files."""
     return entry.name in ("imagesTr", "labelsTr", "montages") or entry.name.startswith(".")
 
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: shards write the record at once
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)

@@ -430,3 +430,53 @@ def test_digest_of_a_detached_header_covers_its_data_file(tmp_path):
     changed = case_input_digests(case)
     assert changed["AP.mhd"] == first["AP.mhd"] and changed["AP.raw"] != first["AP.raw"]
 
+
+
+def test_an_nnunet_dataset_of_unregistered_phases_becomes_the_input_layout(dataset: Path, tmp_path: Path) -> None:
+    """diff4mm_from_nnunet (issue #15): channels -> phases as links, nothing copied, the source never written; the
+    layout passes diff4mm_validate; normalisation-scheme channel names and other label values are refused first."""
+    import json
+
+    from nnunetv2_diff4mm.cli.from_nnunet import main as from_nnunet
+
+    src = tmp_path / "Dataset500_Multi"
+    for case, split in (("case_001", "imagesTr"), ("case_002", "imagesTr"), ("case_003", "imagesTs")):
+        (src / split).mkdir(parents=True, exist_ok=True)
+        for k, phase in enumerate(GEOMETRY):
+            image = sitk.ReadImage(str(next((dataset / case).glob(f"{phase}.*"))))
+            sitk.WriteImage(image, str(src / split / f"{case}_{k:04d}.nii.gz"))
+        if split == "imagesTr":
+            (src / "labelsTr").mkdir(exist_ok=True)
+            shutil.copy(dataset / case / "label.nii.gz", src / "labelsTr" / f"{case}.nii.gz")
+    dataset_json = {"channel_names": {str(k): "CT" for k in range(len(GEOMETRY))},
+                    "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": 2, "file_ending": ".nii.gz"}
+    (src / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
+    before = snapshot(src)
+    out = tmp_path / "INPUT_FROM_NNUNET"
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.from_nnunet", *argv], capture_output=True,
+                              text=True, encoding="utf-8", errors="replace")
+
+    refused = run("-d", str(src), "-o", str(out))  # channel names "CT": which phase is which is not known
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "name normalisation schemes, not phases" in refused.stderr and "--phases NC AP PVP DELAY" in refused.stderr
+    assert not out.exists()
+    phases = list(GEOMETRY)
+    assert from_nnunet(["-d", str(src), "-o", str(out), "--phases", *phases]) == 0
+    cases = validate_dataset(out)
+    assert [c.name for c in cases] == ["case_001", "case_002", "case_003"]
+    assert [c.label is not None for c in cases] == [True, True, False]
+    assert cases[0].phases["AP"].resolve() == (src / "imagesTr" / "case_001_0001.nii.gz").resolve()
+    assert cases[2].phases["DELAY"].resolve() == (src / "imagesTs" / "case_003_0003.nii.gz").resolve()
+    assert from_nnunet(["-d", str(src), "-o", str(out), "--phases", *phases]) == 0  # a re-run refreshes its own folder
+    assert snapshot(src) == before  # the user's dataset is never written to
+
+    other = tmp_path / "someone_elses"
+    other.mkdir()
+    assert run("-d", str(src), "-o", str(other), "--phases", *phases).returncode == 1
+    dataset_json["labels"] = {"background": 0, "tumor": 1}
+    (src / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
+    wrong = run("-d", str(src), "-o", str(tmp_path / "x"), "--phases", *phases)
+    assert wrong.returncode == 1 and "not background 0, liver 1, tumor 2" in wrong.stderr
+    assert not (tmp_path / "x").exists()

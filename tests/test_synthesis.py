@@ -499,6 +499,54 @@ def test_synthesize_cli_writes_a_raw_dataset_and_reports_bad_input(bundle, raw, 
     assert "no dataset '777'" in capsys.readouterr().err
 
 
+def test_synthesize_cli_paints_the_users_masks_with_the_users_pattern(bundle, raw, tmp_path, monkeypatch, capsys):
+    """--masks DIR --pattern HU...: one case per mask, label = the mask, mean change per phase inside it = the
+    pattern (int16 rounding aside); a mask that leaves the liver is refused naming the file, nothing written."""
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    dataset = raw / "Dataset990_SynTest"
+    liver_image = sitk.ReadImage(str(dataset / "diff4mm/normal/labelsTr/case_001.nii.gz"))
+    liver = sitk.GetArrayFromImage(liver_image) > 0
+    zyx = np.asarray(liver_image.GetSpacing(), float)[::-1]
+    dist = ndimage.distance_transform_edt(liver, sampling=zyx)
+    centre = np.array(np.unravel_index(np.argmax(dist), dist.shape))
+    ball = (np.linalg.norm((np.indices(liver.shape).transpose(1, 2, 3, 0) - centre) * zyx, axis=-1) <= 6.0) & liver
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask_image = sitk.GetImageFromArray(ball.astype(np.uint8))
+    mask_image.CopyInformation(liver_image)
+    sitk.WriteImage(mask_image, str(masks / "case_001.nii.gz"))
+    pattern = [-5.0, 30.0, -40.0, -12.0]
+    out = tmp_path / "syn_masks"
+    assert synthesize_cli.main([str(bundle), "-d", "990", "--masks", str(masks), "--pattern", *map(str, pattern),
+                                "-o", str(out), "-device", "cpu"]) == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / "syn_0000.nii.gz")))
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["syn_0000.nii.gz"]
+    assert np.array_equal(label == 2, ball) and np.array_equal(label == 1, liver & ~ball)
+    change = [(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / f"syn_0000_{k:04d}.nii.gz")))
+               .astype(float) - sitk.GetArrayFromImage(sitk.ReadImage(
+                   str(dataset / "diff4mm/normal/imagesTr" / f"case_001_{k:04d}.nii.gz"))))[ball].mean()
+              for k in range(len(PHASES))]
+    np.testing.assert_allclose(change, pattern, atol=0.6)  # both images stored as int16
+    record = json.loads((out / "synthesis.json").read_text(encoding="utf-8"))
+    assert record["cases"] == [{"case": "syn_0000", "source": "case_001", "mask": "case_001.nii.gz"}]
+    assert record["enhancement_hu"] == pattern and record["masks_dir"] == str(masks.resolve())
+
+    outside = ball.copy()
+    outside[np.unravel_index(np.argmin(dist), dist.shape)] = True  # one voxel off the liver
+    bad_image = sitk.GetImageFromArray(outside.astype(np.uint8))
+    bad_image.CopyInformation(liver_image)
+    sitk.WriteImage(bad_image, str(masks / "case_001.nii.gz"))
+    capsys.readouterr()
+    assert synthesize_cli.main([str(bundle), "-d", "990", "--masks", str(masks), "-o", str(tmp_path / "bad"),
+                                "-device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "case_001.nii.gz: 1 tumor voxels lie outside case_001's liver" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    assert synthesize_cli.main([str(bundle), "-d", "990", "--masks", str(masks), "--pattern", "1", "2",
+                                "-o", str(tmp_path / "bad"), "-device", "cpu"]) == 1
+    assert "one finite HU value per phase" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeypatch):
     import synthesis.training as training
