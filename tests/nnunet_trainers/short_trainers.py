@@ -18,6 +18,17 @@ class Diff4MMTrainer_Test(Diff4MMTrainer):
         self.num_val_iterations_per_epoch = 1
         self.save_every = 1
 
+    def get_dataloaders(self):
+        """nnU-Net's loaders with seeded workers: nnU-Net starts its augmentation workers with seeds=None, so each
+        reseeds numpy from the OS and which identifiers form the batches (real or synthetic) differed from run to
+        run; a test counting synthetic samples over 8 draws then failed about 1 time in 128. Seeded, the draws are
+        the same in every run (the workers start on the first batch, after this)."""
+        train, val = super().get_dataloaders()
+        for offset, loader in ((0, train), (1000, val)):
+            if hasattr(loader, "seeds") and not getattr(loader, "initialized", True):
+                loader.seeds = [offset + i for i in range(len(loader.seeds))]
+        return train, val
+
 
 class Diff4MMTrainer_TestFallback(Diff4MMTrainer_Test):
     """Same schedule, own results folder: used with a broken bundle."""
