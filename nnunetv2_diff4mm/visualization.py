@@ -1,10 +1,10 @@
 """PNG montages a person can read: the phases of one case side by side, same physical slice, label contours.
 
-Every stage writes one of these for QA (phantom, registration, inpainting, synthesis).
+Every stage writes one of these for QA (phantom, inpainting, synthesis: :func:`montage`; registration:
+:func:`registration_montage`, before and after, zoomed on the liver).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +75,95 @@ def montage(phases: dict[str, sitk.Image], label: sitk.Image | None, path, title
     if title:
         fig.suptitle(f"{title}   (window L{level:g}/W{width:g}; green liver, red tumor)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from registration.image_io import write_atomic
+
+    try:
+        return write_atomic(Path(path), lambda handle: fig.savefig(handle, dpi=110, format="png"), binary=True,
+                            make_parents=True)
+    finally:
+        plt.close(fig)
+
+
+def _on_grid(image: sitk.Image, grid: sitk.Image, label: bool = False) -> np.ndarray:
+    """``image`` on ``grid`` through the identity (the same physical place), as an array."""
+    if label:
+        return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0,
+                                                sitk.sitkFloat32))
+
+
+def _zoom_box(region: np.ndarray, spacing_zyx, margin_mm: float) -> tuple[slice, slice, slice]:
+    """The bounding box of ``region`` grown by ``margin_mm`` (the whole grid where the region is empty)."""
+    idx = np.argwhere(region)
+    if not len(idx):
+        return tuple(slice(0, n) for n in region.shape)
+    grow = np.ceil(margin_mm / np.asarray(spacing_zyx, float)).astype(int)
+    lo = np.maximum(idx.min(0) - grow, 0)
+    hi = np.minimum(idx.max(0) + grow + 1, region.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def registration_montage(phases: dict[str, sitk.Image], label: sitk.Image | None, path, title: str = "",
+                         before: dict[str, sitk.Image] | None = None, region: sitk.Image | None = None,
+                         region_kind: str = "liver", reference: str | None = None, window=ABDOMEN_WINDOW,
+                         margin_mm: float = 20.0) -> Path:
+    """The registration QA picture: for every phase (columns) the axial and coronal slice through the largest
+    tumor (else the liver centre), **before** (as acquired, identity-resampled onto the reference grid) and
+    **after** registration, zoomed on the liver (its bounding box + ``margin_mm``), with the reference liver
+    contour drawn at the same place in every panel: where a phase's liver edge leaves the contour, it is not
+    aligned. ``region`` is the registration's mask for a case without a label (the given or first-pass liver,
+    or the body), drawn instead; ``region_kind`` names it. ``before=None`` draws the "after" rows only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(phases)
+    grid = label if label is not None else phases[reference or names[0]]
+    lab = None if label is None else _on_grid(label, grid, label=True)
+    outline = None
+    if lab is None and region is not None:
+        outline = _on_grid(region, grid, label=True) > 0
+    # the zoom: the liver (label, or the mask of an unlabelled case); a body mask would show the whole slice anyway
+    focus = (lab > 0) if lab is not None else outline if region_kind != "body" else None
+    z, y = _slice_through(lab if lab is not None else None if outline is None else outline.astype(np.uint8),
+                          grid.GetSize()[::-1])
+    sx, sy, sz = grid.GetSpacing()
+    box = (_zoom_box(focus, (sz, sy, sx), margin_mm) if focus is not None
+           else tuple(slice(0, n) for n in grid.GetSize()[::-1]))
+    rows = [("after", phases)] if before is None else [("before", before), ("after", phases)]
+    level, width = window
+    vmin, vmax = level - width / 2, level + width / 2
+    fig, axes = plt.subplots(2 * len(rows), len(names), figsize=(2.8 * len(names), 2.7 * 2 * len(rows)),
+                             squeeze=False)
+    for r, (when, images) in enumerate(rows):
+        for col, name in enumerate(names):
+            array = _on_grid(images[name], grid)
+            views = ((array[z][box[1], box[2]], None if lab is None else lab[z][box[1], box[2]],
+                      None if outline is None else outline[z][box[1], box[2]], sy / sx, f"{name} {when}, axial"),
+                     (array[box[0], y][::-1][:, box[2]], None if lab is None else lab[box[0], y][::-1][:, box[2]],
+                      None if outline is None else outline[box[0], y][::-1][:, box[2]], sz / sx,
+                      f"{name} {when}, coronal"))
+            for v, (img, seg, out_line, aspect, text) in enumerate(views):
+                ax = axes[2 * r + v, col]
+                ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+                if seg is not None:
+                    for value, colour in LABEL_COLOURS.items():
+                        if (seg >= value).any() and (seg < value).any():
+                            ax.contour(seg >= value, levels=[0.5], colors=colour, linewidths=0.8)
+                if out_line is not None and out_line.any() and not out_line.all():
+                    ax.contour(out_line, levels=[0.5], colors="cyan", linewidths=0.8)
+                ax.set_title(text, fontsize=8)
+                ax.axis("off")
+    what = ("reference liver green, tumor red" if lab is not None else
+            f"registration mask ({region_kind}) cyan" if outline is not None else "no label")
+    fig.suptitle(f"{title}   (window L{level:g}/W{width:g}; {what}, drawn at the same place in every panel: "
+                 "an edge leaving it is misaligned)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -100,7 +100,9 @@ class Job:
     phases: tuple[str, ...]
     reference: str
     settings: dict
-    montage_fn: Callable | None  # montage_fn(phases, label, path, title=...) draws the QA PNG; None: none
+    # montage_fn(registered phases, label, path, title=..., before=phases as read, region=the registration mask of
+    # an unlabelled case or None, region_kind="liver"/"body", reference=phase) draws the QA PNG; None: none
+    montage_fn: Callable | None
     inputs: dict | None = None  # case_input_digests of the case
     input_key: str | None = None  # what the case's outputs are made from (see _input_key)
 
@@ -468,7 +470,9 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
         write_image_atomic(label, dataset / "labelsTr" / f"{case.name}.nii.gz")
     step[0] = "the QA montage"
     if job.montage_fn is not None:
-        job.montage_fn(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}")
+        job.montage_fn(registered, label, qa_dir / "montage.png", title=f"{case.name}: registered to {job.reference}",
+                       before=images, region=None if label is not None else setup.region, region_kind=setup.mask_kind,
+                       reference=job.reference)
     record["flagged"] = flag_reasons(record)
     record["inputs"] = job.inputs
     record["input_key"] = job.input_key
@@ -508,8 +512,9 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
 
     ``other_roots``: (name, folder) of further nnU-Net roots (nnUNet_preprocessed, nnUNet_results; see
     :func:`nnunet_roots_from_env`) in which the dataset ID must not belong to another dataset name.
-    ``montage_fn(phases, label, path, title=...)``, a module-level function (it goes to the worker processes),
-    draws each case's QA PNG (the CLI passes nnunetv2_diff4mm.visualization.montage); None draws none.
+    ``montage_fn(phases, label, path, title=..., before=..., region=..., region_kind=..., reference=...)``, a
+    module-level function (it goes to the worker processes), draws each case's QA PNG before and after
+    registration (the CLI passes nnunetv2_diff4mm.visualization.registration_montage); None draws none.
     ``overwrite`` replaces only this stage's outputs of an existing dataset (see :func:`_clear_own_outputs`).
     A re-run redoes the cases whose input content changed and removes those gone from the input, one line on
     stdout per such action. The dataset folder is locked for the run (:func:`dataset_lock`). Phases whose

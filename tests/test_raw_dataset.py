@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from nnunetv2_diff4mm.evaluation.registration_error import case_errors
 from nnunetv2_diff4mm.phantom import PhantomConfig, write_phantom_dataset
-from nnunetv2_diff4mm.visualization import montage
+from nnunetv2_diff4mm.visualization import registration_montage
 from registration.inputs import InputError
 from registration.nnunet_raw import DatasetExistsError, write_registered_dataset
 from registration.register import RegistrationSettings, register
@@ -27,7 +27,7 @@ def registered(tmp_path_factory):
                           progress=False)
     # the QA montage comes from the plugin, passed in: registration/ never imports nnunetv2_diff4mm
     target = write_registered_dataset(root / "phantom", 503, "Reg", root / "raw", settings=DEFAULT, progress=False,
-                                      num_processes=2, montage_fn=montage)
+                                      num_processes=2, montage_fn=registration_montage)
     return root, target
 
 
@@ -35,6 +35,21 @@ def test_the_montage_function_passed_in_draws_every_cases_qa_picture(registered)
     root, target = registered
     pictures = sorted(p.parent.name for p in (target / "diff4mm" / "registration").glob("*/montage.png"))
     assert pictures == ["case_000", "case_001", "test_000"]
+    # before and after registration: four rows of panels (axial, coronal each), one column per phase
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(target / "diff4mm/registration/case_000/montage.png")).shape[:2]
+    assert height > 0.9 * width
+
+
+def test_registration_montage_zooms_on_the_liver_with_a_margin_in_mm():
+    from nnunetv2_diff4mm.visualization import _zoom_box
+
+    region = np.zeros((20, 40, 50), bool)
+    region[5:9, 10:20, 30:41] = True
+    # 20 mm at (z, y, x) spacing (5, 2, 4) mm: 4, 10, 5 voxels, clipped to the grid
+    assert _zoom_box(region, (5.0, 2.0, 4.0), 20.0) == (slice(1, 13), slice(0, 30), slice(25, 46))
+    assert _zoom_box(np.zeros((3, 4, 5), bool), (1, 1, 1), 20.0) == (slice(0, 3), slice(0, 4), slice(0, 5))
 
 
 def test_layout_and_dataset_json_follow_nnunet(registered):

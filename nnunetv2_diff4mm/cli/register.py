@@ -13,7 +13,7 @@ from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_R
                                      RegistrationFlaggedError, nnunet_roots_from_env, write_registered_dataset)
 from registration.register import RegistrationSettings
 
-from ..visualization import montage
+from ..visualization import registration_montage
 from .arg_types import SHARD_HELP, at_least_one, shard
 from .errors import add_common_arguments, reported_errors
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.without_registration()
     target = write_registered_dataset(args.input_dir, args.dataset_id, args.name, raw, args.phases,
                                       args.reference, args.num_processes, args.overwrite, settings,
-                                      montage_fn=None if args.no_montages else montage,
+                                      montage_fn=None if args.no_montages else registration_montage,
                                       other_roots=nnunet_roots_from_env(),
                                       allow_failed=args.allow_failed, shard=args.shard)
     if args.shard is None:
