@@ -167,3 +167,48 @@ def registration_montage(phases: dict[str, sitk.Image], label: sitk.Image | None
                  "an edge leaving it is misaligned)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def change_montage(before: dict[str, sitk.Image], after: dict[str, sitk.Image], region: sitk.Image, path,
+                   title: str = "", names: tuple[str, str] = ("before", "after"), outline_after: bool = True,
+                   window=ABDOMEN_WINDOW, difference_hu: float = 100.0, margin_mm: float = 20.0) -> Path:
+    """What a stage changed, per phase: one row per phase, columns ``before``, ``after`` and after − before (HU,
+    blue darker / red brighter, ±``difference_hu``), zoomed on ``region`` (bounding box + ``margin_mm``) at the
+    axial slice through its largest component, the region outlined (cyan) on ``before`` and, with
+    ``outline_after``, on ``after`` too. Inpainting QA: registered / normal with the replaced region; synthesis QA:
+    normal / synthetic with the tumor mask outlined beside the painted tumor, not over it (``outline_after=False``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = list(after)
+    grid = next(iter(after.values()))
+    mask = _on_grid(region, grid, label=True) > 0
+    z, _ = _slice_through(mask.astype(np.uint8) * 2, grid.GetSize()[::-1])
+    sx, sy, sz = grid.GetSpacing()
+    box = _zoom_box(mask, (sz, sy, sx), margin_mm)
+    level, width = window
+    vmin, vmax = level - width / 2, level + width / 2
+    fig, axes = plt.subplots(len(phases), 3, figsize=(3 * 2.9, 2.8 * len(phases)), squeeze=False)
+    outline = mask[z][box[1], box[2]]
+    for row, phase in enumerate(phases):
+        a = _on_grid(before[phase], grid)[z][box[1], box[2]]
+        b = _on_grid(after[phase], grid)[z][box[1], box[2]]
+        for col, (img, text) in enumerate(((a, names[0]), (b, names[1]))):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=sy / sx, interpolation="nearest")
+            if (col == 0 or outline_after) and outline.any() and not outline.all():
+                ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_title(f"{phase} {text}", fontsize=8)
+            ax.axis("off")
+        ax = axes[row, 2]
+        shown = ax.imshow(b - a, cmap="coolwarm", vmin=-difference_hu, vmax=difference_hu, aspect=sy / sx,
+                          interpolation="nearest")
+        ax.set_title(f"{phase} {names[1]} − {names[0]} (HU)", fontsize=8)
+        ax.axis("off")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(f"{title}\n(axial z={z}, window L{level:g}/W{width:g}; cyan: the region)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -203,8 +203,9 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int | None, out_dir, see
     fold's normal_foldF), the labelled cases that have a normal CT there.
 
     Case i is drawn from np.random.default_rng([seed, i]), so any case can be (re)made alone: a re-run keeps
-    finished cases (label written last) and completes the rest. `montage_fn(phases, label, path, title=...)`
-    draws a PNG per case (the CLI passes nnunetv2_diff4mm.visualization.montage).
+    finished cases (label written last) and completes the rest. `montage_fn(normal, synthetic, tumor mask, path,
+    title=..., names=..., outline_after=False)` draws a PNG per case (the CLI passes
+    nnunetv2_diff4mm.visualization.change_montage: normal / synthetic / difference per phase, zoomed on the tumor).
 
     ``shard`` (registration.sharding.Shard I/N): make only cases i with i % N == I, at the same time as the other
     shards, into the same folder; no dataset.json (the final run without a shard completes and writes it).
@@ -293,8 +294,9 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int | None, out_dir, see
         lab = sitk.GetImageFromArray(syn_label)
         lab.CopyInformation(label)
         if montage_fn is not None:
-            montage_fn(images, lab, out_dir / "montages" / f"{name}.png",
-                       title=f"{name}: synthetic tumors in the normal CT of {source}")
+            montage_fn(normal_ct, images, lab == 2, out_dir / "montages" / f"{name}.png",
+                       title=f"{name}: synthetic tumors in the normal CT of {source}", names=("normal", "synthetic"),
+                       outline_after=False)
         write_image_atomic(lab, label_path)
     if shard is not None:
         return names

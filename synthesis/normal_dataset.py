@@ -82,7 +82,9 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
     ``shard`` (registration.sharding.Shard): only that part of the cases, at the same time as the other shards,
     into the same folder; its record goes to normal.shard-I-of-N.json. The final run without a shard takes the
     shards' records over (same settings only), inpaints whatever is missing and writes normal.json.
-    ``grain``, ``structure``: see :func:`synthesis.inpainting.fill_region` (learned model only; recorded)."""
+    ``grain``, ``structure``: see :func:`synthesis.inpainting.fill_region` (learned model only; recorded).
+    ``montage_fn(registered, normal, region, path, title=..., names=(...))`` (phase -> image dicts, the replaced
+    region) draws each case's QA PNG; the CLI passes nnunetv2_diff4mm.visualization.change_montage."""
     from tqdm import tqdm
 
     dataset_dir = Path(dataset_dir)
@@ -165,12 +167,9 @@ def inpaint_dataset(dataset_dir, model_or_method, dilation_mm: float, device: st
             write_image_atomic(normal[p], out / "imagesTr" / f"{case}_{k:04d}{ending}")
         write_image_atomic(region, out / "inpaint_regions" / f"{case}{ending}")
         if montage_fn is not None:
-            both = {}
-            for p in phases:
-                both[p] = target[p]
-                both[f"{p} normal"] = normal[p]
-            montage_fn(both, label, out / "qa" / f"{case}.png", title=f"{case}: registered (left) and normal "
-                                                                   "(right) per phase")
+            montage_fn(target, normal, region, out / "qa" / f"{case}.png",
+                       title=f"{case}: the replaced region (tumors dilated by {dilation_mm:g} mm) per phase",
+                       names=("registered", "normal"))
         record["cases"][case] = tumor_removal_check(target, normal, label, region)
         write_image_atomic(liver, liver_path)
         _write_record(record_path, record)

@@ -42,16 +42,6 @@ def test_the_montage_function_passed_in_draws_every_cases_qa_picture(registered)
     assert height > 0.9 * width
 
 
-def test_registration_montage_zooms_on_the_liver_with_a_margin_in_mm():
-    from nnunetv2_diff4mm.visualization import _zoom_box
-
-    region = np.zeros((20, 40, 50), bool)
-    region[5:9, 10:20, 30:41] = True
-    # 20 mm at (z, y, x) spacing (5, 2, 4) mm: 4, 10, 5 voxels, clipped to the grid
-    assert _zoom_box(region, (5.0, 2.0, 4.0), 20.0) == (slice(1, 13), slice(0, 30), slice(25, 46))
-    assert _zoom_box(np.zeros((3, 4, 5), bool), (1, 1, 1), 20.0) == (slice(0, 3), slice(0, 4), slice(0, 5))
-
-
 def test_layout_and_dataset_json_follow_nnunet(registered):
     root, target = registered
     assert target.name == "Dataset503_Reg"

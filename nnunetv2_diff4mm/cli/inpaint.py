@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .. import conventions
     from ..splits import selected_training_cases
-    from ..visualization import montage
+    from ..visualization import change_montage
 
     raw = resolve_raw_dataset(args.dataset)
     if args.cases and not args.output:
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise DatasetError(f"--dilation-mm must be >= 0, got {args.dilation_mm}")
     out = args.output or conventions.normal_folder(raw, args.fold)
     cases = selected_training_cases(raw, labelled_cases(raw), args.fold, args.cases)
-    record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=montage,
+    record = inpaint_dataset(raw, source, args.dilation_mm, args.device, args.overwrite, montage_fn=change_montage,
                              cases=cases, out_dir=out, shard=args.shard, grain=not args.no_grain,
                              structure=args.structure)
     failed = [(c, p) for c, phases in record["cases"].items() for p, r in phases.items() if not r["ok"]]

@@ -68,11 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from synthesis.dataset_io import synthesize_dataset
     from synthesis.pipeline import Synthesizer
 
-    from ..visualization import montage
+    from ..visualization import change_montage
 
     synthesizer = Synthesizer.from_bundle(bundle, device=args.device)
     names = synthesize_dataset(synthesizer, dataset_dir, args.num_cases, args.output, seed=args.seed,
-                               montage_fn=montage, normal_dir=args.normal, shard=args.shard, masks_dir=args.masks,
+                               montage_fn=change_montage, normal_dir=args.normal, shard=args.shard, masks_dir=args.masks,
                                enhancement_hu=args.pattern)
     if args.shard is not None:
         print(f"shard {args.shard}: {len(names)} synthetic cases in {args.output}; when every shard has finished, "
