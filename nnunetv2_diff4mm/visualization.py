@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 ABDOMEN_WINDOW = (50.0, 400.0)  # level, width (HU): the radiologist's soft-tissue window
 LABEL_COLOURS = {1: "lime", 2: "red"}
+PREDICTION_COLOURS = {1: "yellow", 2: "magenta"}  # a prediction beside the label: other colours, dashed
 
 
 def _slice_through(label: np.ndarray | None, shape) -> tuple[int, int]:
@@ -32,11 +33,13 @@ def _slice_through(label: np.ndarray | None, shape) -> tuple[int, int]:
 
 
 def montage(phases: dict[str, sitk.Image], label: sitk.Image | None, path, title: str = "",
-            reference: str | None = None, window=ABDOMEN_WINDOW) -> Path:
+            reference: str | None = None, window=ABDOMEN_WINDOW, prediction: sitk.Image | None = None) -> Path:
     """Write a 2-row PNG (axial, coronal) with one column per phase.
 
     All phases are shown on the grid of `reference` (default: the label's grid, else the first phase) by
     identity resampling, i.e. at the same physical position, so misalignment between phases stays visible.
+    `prediction` (a segmentation, 1 liver, 2 tumor) is drawn dashed beside the label's contours (yellow liver,
+    magenta tumor); the slice goes through the label's largest tumor, else the prediction's.
     """
     import matplotlib
 
@@ -53,27 +56,34 @@ def montage(phases: dict[str, sitk.Image], label: sitk.Image | None, path, title
     if label is not None:
         lab = sitk.GetArrayFromImage(sitk.Resample(label, ref_image, sitk.Transform(),
                                                    sitk.sitkNearestNeighbor, 0))
-    z, y = _slice_through(lab, ref_image.GetSize()[::-1])
+    pred = None if prediction is None else _on_grid(prediction, ref_image, label=True)
+    z, y = _slice_through(lab if lab is not None and (lab == 2).any() or pred is None else pred,
+                          ref_image.GetSize()[::-1])
     sx, sy, sz = ref_image.GetSpacing()
     level, width = window
     vmin, vmax = level - width / 2, level + width / 2
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.0), squeeze=False,
                              gridspec_kw={"height_ratios": [1.0, 0.8]})
     for col, name in enumerate(names):
-        views = ((arrays[name][z], None if lab is None else lab[z], sy / sx, f"{name} axial z={z}"),
-                 (arrays[name][:, y][::-1], None if lab is None else lab[:, y][::-1], sz / sx,
-                  f"{name} coronal y={y}"))
-        for row, (img, seg, aspect, text) in enumerate(views):
+        views = ((arrays[name][z], None if lab is None else lab[z], None if pred is None else pred[z], sy / sx,
+                  f"{name} axial z={z}"),
+                 (arrays[name][:, y][::-1], None if lab is None else lab[:, y][::-1],
+                  None if pred is None else pred[:, y][::-1], sz / sx, f"{name} coronal y={y}"))
+        for row, (img, seg, predicted, aspect, text) in enumerate(views):
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
-            if seg is not None:
-                for value, colour in LABEL_COLOURS.items():
-                    if (seg == value).any() and (seg != value).any():
-                        ax.contour(seg >= value, levels=[0.5], colors=colour, linewidths=0.7)
+            for mask, colours, style in ((seg, LABEL_COLOURS, "solid"), (predicted, PREDICTION_COLOURS, "dashed")):
+                if mask is None:
+                    continue
+                for value, colour in colours.items():
+                    if (mask == value).any() and (mask != value).any():
+                        ax.contour(mask >= value, levels=[0.5], colors=colour, linewidths=0.7, linestyles=style)
             ax.set_title(text, fontsize=8)
             ax.axis("off")
     if title:
-        fig.suptitle(f"{title}   (window L{level:g}/W{width:g}; green liver, red tumor)", fontsize=9)
+        legend = "green liver, red tumor" + ("; prediction dashed: yellow liver, magenta tumor" if pred is not None
+                                             else "")
+        fig.suptitle(f"{title}   (window L{level:g}/W{width:g}; {legend})", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

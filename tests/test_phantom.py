@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,24 @@ def test_montage_cli_draws_four_phases_with_label_contours(phantom, tmp_path):
     green = (rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.3)
     assert red.sum() > 50 and green.sum() > 200  # tumor and liver contours drawn
     assert rgb.std() > 0.1  # an image, not a blank canvas
+
+    # --prediction: a segmentation drawn beside the label, in its own colours (magenta tumor, yellow liver)
+    prediction = tmp_path / "pred.nii.gz"
+    shutil.copy(phantom / "case_001" / "label.nii.gz", prediction)
+    with_pred = tmp_path / "case_pred.png"
+    result = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.montage", str(phantom / "case_001"),
+                             "-o", str(with_pred), "--prediction", str(prediction)],
+                            capture_output=True, text=True, encoding="utf-8", errors="replace")
+    assert result.returncode == 0, result.stderr
+    both = matplotlib.image.imread(str(with_pred))[..., :3]
+    magenta = (both[..., 0] > 0.8) & (both[..., 1] < 0.3) & (both[..., 2] > 0.8)
+    yellow = (both[..., 0] > 0.8) & (both[..., 1] > 0.8) & (both[..., 2] < 0.3)
+    no_pred_magenta = (rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.3) & (rgb[..., 2] > 0.8)
+    assert magenta.sum() > 20 and yellow.sum() > 100 and no_pred_magenta.sum() == 0
+    bad = subprocess.run([sys.executable, "-m", "nnunetv2_diff4mm.cli.montage", str(phantom / "case_001"),
+                          "-o", str(tmp_path / "x.png"), "--prediction", str(tmp_path / "missing.nii.gz")],
+                         capture_output=True, text=True, encoding="utf-8", errors="replace")
+    assert bad.returncode == 1 and "missing.nii.gz" in bad.stderr and not (tmp_path / "x.png").exists()
 
 
 def test_noise_free_ground_truth_is_the_aligned_phase_without_its_ct_noise():

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, find_cases, load_case
+from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE, InputError, find_cases, load_case, read_image
 
 from ..visualization import montage
 from .errors import add_common_arguments, reported_errors
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"phases to show, in order (default: {' '.join(DEFAULT_PHASES)})")
     parser.add_argument("--reference", default=DEFAULT_REFERENCE,
                         help=f"phase whose grid is used for display (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--prediction", metavar="SEG", default=None,
+                        help="a segmentation to draw dashed beside the label (1 liver yellow, 2 tumor magenta), e.g. "
+                             "diff4mm_predict's OUTPUT/<case>.nii.gz; it is shown at its physical position")
     add_common_arguments(parser)
     return parser
 
@@ -40,7 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not matches:
         raise InputError(f"{case_dir}: not a case folder")
     images, label = load_case(matches[0])
-    out = montage(images, label, args.output, title=case_dir.name, reference=args.reference)
+    prediction = None
+    if args.prediction is not None:
+        prediction = read_image(Path(args.prediction), name=args.prediction)
+        if prediction.GetNumberOfComponentsPerPixel() != 1 or prediction.GetDimension() != 3:
+            raise InputError(f"{args.prediction}: not a 3D segmentation (one value per voxel)")
+    out = montage(images, label, args.output, title=case_dir.name, reference=args.reference, prediction=prediction)
     print(out)
     return 0
 
