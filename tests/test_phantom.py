@@ -135,7 +135,6 @@ def test_resume_keeps_finished_cases_and_redoes_missing_ones(tmp_path):
     write_phantom_dataset(out, COARSE, cases=2, progress=False)
     kept = (out / "case_000" / "PVP.nii.gz").stat().st_mtime_ns
     redo = _files(out / "case_001")
-    import shutil
 
     shutil.rmtree(out / "case_001")
     (out / ".case_001.partial").mkdir()  # as left by an interrupted run
