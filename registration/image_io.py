@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import SimpleITK as sitk
 
 # Formats that store header and voxels in two files: the header names the data file, so renaming the header
@@ -72,3 +73,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, make_parents: boo
 def write_json_atomic(path: str | os.PathLike[str], data: Any, make_parents: bool = False) -> Path:
     """``data`` as indented JSON (indent 1, the project's record style)."""
     return write_text_atomic(path, json.dumps(data, indent=1), make_parents=make_parents)
+
+
+def same_grid(image: sitk.Image, other: sitk.Image, spacing_rtol: float = 1e-3, origin_atol_mm: float = 1e-2,
+              direction_atol: float = 1e-3) -> bool:
+    """Whether two images share one voxel grid (size, spacing, origin, direction), within header rounding: the
+    test before voxels of one are read as voxels of the other (a mask on its image, phases written on one grid)."""
+    return (image.GetSize() == other.GetSize()
+            and np.allclose(image.GetSpacing(), other.GetSpacing(), rtol=spacing_rtol)
+            and np.allclose(image.GetOrigin(), other.GetOrigin(), atol=origin_atol_mm)
+            and np.allclose(image.GetDirection(), other.GetDirection(), atol=direction_atol))

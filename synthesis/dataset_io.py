@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from registration.image_check import IncompleteImageError, check_complete
-from registration.image_io import write_image_atomic, write_json_atomic
+from registration.image_io import same_grid, write_image_atomic, write_json_atomic
 
 NORMAL_SUBDIR = Path("diff4mm") / "normal"
 
@@ -170,11 +170,7 @@ def read_user_masks(masks_dir, dataset_dir, normal: Path, ending: str) -> list[t
             raise DatasetError(f"{path}: no normal CT of a case {case!r} in {normal} (name a mask after a labelled "
                                "case with a normal CT, e.g. the stem of a file in its labelsTr)")
         mask_image, liver_image = _read(path, "tumor mask"), _read(liver_path, "liver mask of the normal CT")
-        same_grid = (mask_image.GetSize() == liver_image.GetSize()
-                     and np.allclose(mask_image.GetSpacing(), liver_image.GetSpacing(), atol=1e-4)
-                     and np.allclose(mask_image.GetOrigin(), liver_image.GetOrigin(), atol=1e-3)
-                     and np.allclose(mask_image.GetDirection(), liver_image.GetDirection(), atol=1e-5))
-        if not same_grid:
+        if not same_grid(mask_image, liver_image):
             raise DatasetError(f"{path}: not on the grid of {case}'s normal CT ({liver_path}: size "
                                f"{liver_image.GetSize()}, spacing {np.round(liver_image.GetSpacing(), 3).tolist()}); "
                                "resample the mask onto that file by nearest neighbour")

@@ -48,7 +48,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import cg
 from tqdm import tqdm
 
-from registration.image_io import write_atomic, write_json_atomic
+from registration.image_io import same_grid, write_atomic, write_json_atomic
 from registration.nnunet_raw import DatasetLockedError, LockOwner, dataset_lock  # noqa: F401 (DatasetLockedError: raised)
 
 from .bundle import hash_files, verify_files, without_local_path
@@ -172,11 +172,7 @@ def _check_case(phases: Mapping[str, sitk.Image], label: sitk.Image | None, wher
     ref = phases[names[0]]
     others = [(n, phases[n]) for n in names[1:]] + ([("label", label)] if label is not None else [])
     for name, image in others:
-        same = (image.GetSize() == ref.GetSize()
-                and np.allclose(image.GetSpacing(), ref.GetSpacing(), rtol=1e-3)
-                and np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-2)
-                and np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-3))
-        if not same:
+        if not same_grid(image, ref):
             raise InpaintingError(f"{where}{name} is not on the grid of {names[0]} (size {image.GetSize()} vs "
                                   f"{ref.GetSize()}); inpainting needs registered phases on one grid")
     return names

@@ -545,6 +545,11 @@ def test_synthesize_cli_paints_the_users_masks_with_the_users_pattern(bundle, ra
     assert synthesize_cli.main([str(bundle), "-d", "990", "--masks", str(masks), "--pattern", "1", "2",
                                 "-o", str(tmp_path / "bad"), "-device", "cpu"]) == 1
     assert "one finite HU value per phase" in capsys.readouterr().err
+    bad_image.SetSpacing([2 * v for v in liver_image.GetSpacing()])  # a mask on another grid
+    sitk.WriteImage(bad_image, str(masks / "case_001.nii.gz"))
+    assert synthesize_cli.main([str(bundle), "-d", "990", "--masks", str(masks), "-o", str(tmp_path / "bad"),
+                                "-device", "cpu"]) == 1
+    assert "not on the grid of case_001's normal CT" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow
