@@ -58,7 +58,7 @@ def _train(env, trainer, *extra, epochs=1, fold="all", check=True):
     if not check:
         return result
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def _pool(root: Path, trainer: str) -> Path:
@@ -94,6 +94,8 @@ def test_trains_with_counted_synthetic_fraction_and_records_bundle_then_resumes(
     assert len(counts) == 1
     synthetic, total = counts[0]
     assert total == 8 and 0 < synthetic < total  # 3 real + 3 synthetic identifiers: p = 0.5 per sample
+    # progress inside the epoch on a CPU (stderr; nnU-Net logs once per epoch): 4 iterations
+    assert re.search(r"epoch 0: +100%\|[#]+\| 4/4", out), out[-2000:]
     fold = _fold(root, "Diff4MMTrainer_Test")
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     logging = checkpoint["logging"]

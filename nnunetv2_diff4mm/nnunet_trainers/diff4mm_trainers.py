@@ -1,11 +1,13 @@
 """Trainer classes nnU-Net finds by name (`-tr NAME`) through `nnUNet_extTrainer` (see nnunet_hook.py).
 
 One behaviour change per class, named after what it changes, as nnU-Net's own variants are. Constructors spell
-out nnU-Net's signature: nnUNetTrainer records its init arguments by parameter name (no *args/**kwargs).
+out nnU-Net's signature: nnUNetTrainer records its init arguments by parameter name (no *args/**kwargs). The CPU
+schedules' baselines show the same progress bar inside each epoch as Diff4MMTrainer (EpochProgress: output only).
 """
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_diff4mm.training.progress import EpochProgress
 from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer
 
 
@@ -50,7 +52,7 @@ CURVE_SCHEDULE = (80, 25, 10)
 EVIDENCE_SCHEDULE = (50, 25, 10)
 
 
-class nnUNetTrainer_Diff4MMDemo(nnUNetTrainer):
+class nnUNetTrainer_Diff4MMDemo(EpochProgress, nnUNetTrainer):
     """nnUNetTrainer on the demo's short CPU schedule (baseline arm)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -68,7 +70,7 @@ class Diff4MMTrainer_Demo(Diff4MMTrainer):
         _set_schedule(self, *DEMO_SCHEDULE)
 
 
-class nnUNetTrainer_Diff4MMCurve(nnUNetTrainer):
+class nnUNetTrainer_Diff4MMCurve(EpochProgress, nnUNetTrainer):
     """nnUNetTrainer on the learning-curve schedule (80 x 25 iterations)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -77,7 +79,7 @@ class nnUNetTrainer_Diff4MMCurve(nnUNetTrainer):
         _set_schedule(self, *CURVE_SCHEDULE)
 
 
-class nnUNetTrainer_Diff4MMEvidence(nnUNetTrainer):
+class nnUNetTrainer_Diff4MMEvidence(EpochProgress, nnUNetTrainer):
     """nnUNetTrainer on the CPU evidence schedule (baseline arms)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

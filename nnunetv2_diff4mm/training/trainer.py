@@ -22,6 +22,7 @@ from .. import conventions
 from .leakage import LeakError, refuse_leak
 from .mixed_dataset import SyntheticMixDataset, fallback_count, is_synthetic
 from .normal_cases import cache_folder, intensity_mappings, preprocess_normal_cases
+from .progress import EpochProgress
 from .synthetic_pool import PoolSettings, produce, read_status, slots
 
 LOG_KEYS = ("diff4mm_synthetic_fraction", "diff4mm_synthesis_seconds_per_sample", "diff4mm_bundle_sha256")
@@ -64,7 +65,7 @@ def refuse_bundle_change(logger, current_sha: str, log=print) -> None:
     raise SystemExit(f"error: {message}")
 
 
-class Diff4MMTrainer(nnUNetTrainer):
+class Diff4MMTrainer(EpochProgress, nnUNetTrainer):
     synthetic_fraction: float = 0.5  # expected share of training samples that are synthetic
     pool_size: int = 32  # synthetic samples kept on disk and reused with augmentation
     prefill: int = 8  # samples synthesised before the first epoch
