@@ -25,14 +25,16 @@ def test_wheel_carries_the_nnunet_startup_hook(tmp_path):
 def test_nnunet_finds_diff4mm_trainers_by_name_without_configuration():
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find\n"
+            "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
             "for name in ('Diff4MMTrainer', 'Diff4MMTrainer_synthetic25', 'nnUNetTrainer_Diff4MMDemo'):\n"
             "    cls = find(name)\n"
-            "    print(cls.__name__, [b.__name__ for b in cls.__mro__][:3])\n")
+            "    print(cls.__name__, cls.__mro__[1].__name__, issubclass(cls, nnUNetTrainer))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, cwd="/")
     assert result.returncode == 0, result.stderr[-1500:]
-    assert "Diff4MMTrainer ['Diff4MMTrainer', 'nnUNetTrainer'" in result.stdout
-    assert "Diff4MMTrainer_synthetic25 ['Diff4MMTrainer_synthetic25', 'Diff4MMTrainer', 'nnUNetTrainer']" in \
-        result.stdout
+    # found by name, nnU-Net trainers; the CPU-progress mixin sits right below the classes that use it
+    assert "Diff4MMTrainer EpochProgress True" in result.stdout
+    assert "Diff4MMTrainer_synthetic25 Diff4MMTrainer True" in result.stdout
+    assert "nnUNetTrainer_Diff4MMDemo EpochProgress True" in result.stdout
 
 
 def test_user_trainer_paths_are_kept():
