@@ -50,12 +50,8 @@ def montage(phases: dict[str, sitk.Image], label: sitk.Image | None, path, title
     ref_image = label if label is not None else phases[reference or names[0]]
     if reference is not None:
         ref_image = phases[reference]
-    arrays = {n: sitk.GetArrayFromImage(sitk.Resample(img, ref_image, sitk.Transform(), sitk.sitkLinear,
-                                                      -1024.0, sitk.sitkFloat32)) for n, img in phases.items()}
-    lab = None
-    if label is not None:
-        lab = sitk.GetArrayFromImage(sitk.Resample(label, ref_image, sitk.Transform(),
-                                                   sitk.sitkNearestNeighbor, 0))
+    arrays = {n: _on_grid(img, ref_image) for n, img in phases.items()}
+    lab = None if label is None else _on_grid(label, ref_image, label=True)
     pred = None if prediction is None else _on_grid(prediction, ref_image, label=True)
     z, y = _slice_through(lab if lab is not None and (lab == 2).any() or pred is None else pred,
                           ref_image.GetSize()[::-1])

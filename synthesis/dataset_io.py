@@ -151,7 +151,7 @@ def load_training_cases(dataset_dir, cases: list[str] | None = None, normal_dir=
     return names, TrainingCases(dataset_dir, names, normal)
 
 
-def read_user_masks(masks_dir, dataset_dir, normal: Path, ending: str) -> list[tuple[str, np.ndarray]]:
+def read_user_masks(masks_dir, normal: Path, ending: str) -> list[tuple[str, np.ndarray]]:
     """[(source case, tumor mask (Z, Y, X) bool)] for every MASKS/<case><ending>, sorted by case, each checked
     (readable, binary, on the grid of the case's normal label, inside its liver, not empty) before anything is
     written; DatasetError names the file and the fix."""
@@ -230,7 +230,7 @@ def synthesize_dataset(synthesizer, dataset_dir, count: int | None, out_dir, see
                                f"per phase {phases}, got {enhancement_hu}")
     user_masks = None
     if masks_dir is not None:
-        user_masks = read_user_masks(masks_dir, dataset_dir, normal, ending)
+        user_masks = read_user_masks(masks_dir, normal, ending)
         if count is not None and count != len(user_masks):
             raise DatasetError(f"{masks_dir}: {len(user_masks)} tumor masks, but {count} cases asked for; with user "
                                "masks every mask makes one case (leave the number of cases out)")
