@@ -258,6 +258,8 @@ def test_predictions_reused_only_when_complete(tmp_path):
     assert B.predict_job(job, tmp_path / "in", pred_dir, cases, ".nii.gz", "cpu", False, 1, tmp_path, full) == \
         "predicted"
     assert "--disable_tta" in seen[-1] and seen[-1][seen[-1].index("-f") + 1] == "0"
+    # one process: nnU-Net's sequential mode, no worker processes
+    assert seen[-1][seen[-1].index("-npp") + 1] == seen[-1][seen[-1].index("-nps") + 1] == "0"
     assert sorted(p.name for p in pred_dir.parent.iterdir()) == ["fold0"]  # staging folder renamed away
     assert B.predict_job(job, tmp_path / "in", pred_dir, cases, ".nii.gz", "cpu", True, 1, tmp_path, _never) == \
         "reused"
@@ -414,6 +416,10 @@ class nnUNetTrainer_BenchmarkTest(nnUNetTrainer):
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """The benchmark scores test-set predictions, not nnU-Net's final validation (~25 s per training here)."""
+        self.print_to_log_file("final validation skipped (test trainer)")
+
 
 class Diff4MMTrainer_BenchmarkTest(Diff4MMTrainer):
     """Diff4MMTrainer on the same 1 x 2 schedule, with a small pool."""
@@ -427,6 +433,9 @@ class Diff4MMTrainer_BenchmarkTest(Diff4MMTrainer):
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation skipped (test trainer)")
 
 
 class Diff4MMTrainer_BenchmarkTestMedianFill(Diff4MMTrainer_BenchmarkTest):

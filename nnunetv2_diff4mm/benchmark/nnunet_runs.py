@@ -82,7 +82,12 @@ def predict_job(job: Job, input_dir: Path, pred_dir: Path, cases: list[str], end
     staging.parent.mkdir(parents=True, exist_ok=True)
     cmd = [nnunet_command("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(staging), "-d", job.dataset,
            "-c", job.configuration, "-f", str(job.nnunet_fold), "-tr", job.trainer, "-p", job.plans,
-           "-device", device, "-npp", str(num_processes), "-nps", str(num_processes), "--disable_progress_bar"]
+           "-device", device, "--disable_progress_bar"]
+    # one process: nnU-Net's own sequential mode (-npp 0 -nps 0, predict_from_files_sequential), which starts no
+    # preprocessing/export workers; with -npp 1 -nps 1 it still spawns two (each importing torch: ~10-15 s per
+    # call on the 2-core VM, more than a small test set's prediction)
+    workers = str(num_processes) if num_processes > 1 else "0"
+    cmd += ["-npp", workers, "-nps", workers]
     if not tta:
         cmd.append("--disable_tta")
     runner(cmd, Path(log_dir) / f"{log_name or 'predict_' + job.key.replace('/', '_')}.log", env)

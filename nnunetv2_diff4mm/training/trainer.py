@@ -215,9 +215,16 @@ class Diff4MMTrainer(EpochProgress, nnUNetTrainer):
     def _stop_producer(self):
         if self._producer is not None:
             self._stop.set()
-            self._producer.join(timeout=30)
+            # the producer looks at the event between samples, and one sample takes seconds to tens of seconds on
+            # a CPU; every pool write is atomic (temporary file + rename), so stopping it mid-sample loses only
+            # that sample, and nobody waits for it at the end of training
+            self._producer.join(timeout=2)
             if self._producer.is_alive():
                 self._producer.terminate()
+                self._producer.join(timeout=10)
+            if self._pool_folder is not None:  # a temporary file of the sample cut short
+                for stray in Path(self._pool_folder).glob(".sample_*.tmp"):
+                    stray.unlink(missing_ok=True)
             self._producer = None
 
     def __del__(self):

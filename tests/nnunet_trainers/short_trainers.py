@@ -18,6 +18,11 @@ class Diff4MMTrainer_Test(Diff4MMTrainer):
         self.num_val_iterations_per_epoch = 1
         self.save_every = 1
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """No test reads nnU-Net's final validation of these tiny models; it cost ~25 s per training (export
+        workers spawned, sliding window with mirroring) and ran after every nnUNetv2_train of the suite."""
+        self.print_to_log_file("final validation skipped (test trainer)")
+
     def get_dataloaders(self):
         """nnU-Net's loaders with seeded workers: nnU-Net starts its augmentation workers with seeds=None, so each
         reseeds numpy from the OS and which identifiers form the batches (real or synthetic) differed from run to
