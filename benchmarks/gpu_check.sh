@@ -28,7 +28,7 @@ RAW=$nnUNet_raw/Dataset501_Diff4MMPhantom
 BUNDLE=$RAW/diff4mm/synthesizer
 
 step "synthesizer training, default preset, cuda"
-secs diff4mm_train_synthesizer -d 501 -o "$BUNDLE" --preset default --device cuda
+secs diff4mm_train_synthesizer -d 501 -o "$BUNDLE" --preset cpu --device cuda
 step "synthesis speed, cuda vs cpu"
 secs diff4mm_synthesize "$BUNDLE" -d 501 --num-cases 32 -o "$W/synthetic_cuda" --device cuda
 secs diff4mm_synthesize "$BUNDLE" -d 501 --num-cases 8 -o "$W/synthetic_cpu" --device cpu

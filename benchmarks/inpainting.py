@@ -1,6 +1,6 @@
 """Benchmark of the normal-CT generator (stage 2) on the phantom, where the truth under every hole is known.
 
-    python benchmarks/inpainting.py                 # trains the default preset (a few CPU minutes), then tables
+    python benchmarks/inpainting.py                 # trains the cpu preset (a few CPU minutes), then tables
     python benchmarks/inpainting.py --model DIR     # evaluate a trained inpainter (DIR from train_inpainter)
 
 Tables (per phase, all on ground-truth aligned phases, i.e. perfectly registered):
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
     parser.add_argument("--coverage-cases", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 5.0), help="phantom PVP voxel size")
-    parser.add_argument("--preset", default="default")
+    parser.add_argument("--preset", default="cpu", help="inpainter preset (tiny, cpu, gpu; default cpu)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--device", default="cpu")

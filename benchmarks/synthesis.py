@@ -4,7 +4,7 @@
 
 Builds (once, cached in --work) two phantom datasets in nnU-Net raw layout: training cases and held-out
 evaluation cases, each with registered phases = the phantom's ground-truth aligned phases and a normal version
-(tumor voxels replaced by healthy-liver median + noise of the liver's spread). Trains the default preset
+(tumor voxels replaced by healthy-liver median + noise of the liver's spread). Trains the cpu preset
 (unless --bundle) and a 1-epoch tiny bundle (for its speed only), then prints:
   * alignment: Dice between the smoothed, thresholded |image - normal| and the tumor mask, per phase, for
     every tumor visible in that phase (|mean contrast| >= 10 HU); synthetic vs real tumors;
@@ -327,8 +327,8 @@ def main(argv=None) -> int:
 
     bundles = {}
     names, cases = load_training_cases(train_ds)
-    for preset, epochs in (("tiny", 1), ("default", None)):
-        if preset == "default" and args.bundle:
+    for preset, epochs in (("tiny", 1), ("cpu", None)):
+        if preset == "cpu" and args.bundle:
             bundles[preset] = args.bundle
             continue
         t0 = time.time()
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
                                             epochs=epochs, seed=args.seed, case_names=names)
         record = json.loads((bundles[preset] / "diff4mm_bundle.json").read_text(encoding="utf-8"))["training"]
         print(f"train {preset}: {time.time() - t0:.0f} s this run; recorded stage seconds {record['seconds']}")
-    log = bundles["default"] / "training" / "log.csv"
+    log = bundles["cpu"] / "training" / "log.csv"
     if log.exists():
         lines = log.read_text(encoding="utf-8").splitlines()
         print("training log (last epoch of each stage):")
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
     synth = {p: Synthesizer.from_bundle(b) for p, b in bundles.items()}
     eval_names = sorted(p.name[:-7] for p in (eval_ds / "labelsTr").glob("*.nii.gz"))
     real_groups = {"real hypervascular": [], "real hypovascular": []}
-    syn_stats, speed = [], {"tiny": [], "default": []}
+    syn_stats, speed = [], {"tiny": [], "cpu": []}
     rows_real, rows_syn, rendering = [], [], []
     for name in [*names, *eval_names]:  # real tumors of all cases
         ds = train_ds if name in names else eval_ds
@@ -362,14 +362,14 @@ def main(argv=None) -> int:
         target, normal, label, liver, label_img = load_arrays(eval_ds, name)
         spacing = label_img.GetSpacing()
         for preset, s in synth.items():
-            for j in range(args.samples if preset == "default" else 1):
+            for j in range(args.samples if preset == "cpu" else 1):
                 rng = np.random.default_rng([args.seed, eval_names.index(name), j])
                 t = time.time()
                 mask = s.random_mask(liver, spacing, rng)
                 after_mask = copy.deepcopy(rng)
                 image, syn_label = s(normal, spacing, liver, rng, mask=mask)
                 speed[preset].append(time.time() - t)
-                if preset == "default":
+                if preset == "cpu":
                     syn_stats += tumor_stats(image, normal, syn_label == 2, liver, spacing)
                     if s.bundle.enhancement_bank is not None:
                         components, n = label_tumors(mask)
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
     real_all = [*real_groups["real hypervascular"], *real_groups["real hypovascular"]]
     correct = sum(hypervascular_like(s["contrast"]) == (s in real_groups["real hypervascular"]) for s in real_all)
 
-    print(f"\nheld-out cases {len(eval_names)}, {args.samples} synthetic samples each (default preset); "
+    print(f"\nheld-out cases {len(eval_names)}, {args.samples} synthetic samples each (cpu preset); "
           f"real tumors from all {len(names) + len(eval_names)} cases")
     dice_table({**real_groups, **syn_groups})
     table("tumor HU per phase, mean ± std over tumors", {**real_groups, **syn_groups}, "hu")
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
     spread_table(real_all, syn_stats)
     type_table(real_groups["real hypervascular"], real_groups["real hypovascular"], syn_stats)
     rendering_table(rendering)
-    ceiling = autoencoder_ceiling(synth["default"], eval_ds, eval_names)
+    ceiling = autoencoder_ceiling(synth["cpu"], eval_ds, eval_names)
     print("\nautoencoder ceiling: mean tumor change (target - normal) on the ROI grid, real vs after encode/decode "
           "(HU), held-out tumors; the synthesizer cannot paint what the autoencoder cannot decode")
     print(f"{'type':15s} {'n':>3s} " + " ".join(f"{p + ' real -> decoded':>24s}" for p in PHASES))

@@ -143,7 +143,7 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
     # Every model of arm (c) is trained on nnU-Net fold 0's training cases only (-f 0), so the benchmark's fold-0
     # job reuses them and none of them has seen a validation or test case (docs/trainer.md). The arguments equal
     # the benchmark preset's, which is what lets the benchmark find these models finished.
-    preset = BENCHMARK_PRESETS["default" if big else "cpu"]
+    preset = BENCHMARK_PRESETS["gpu" if big else "cpu"]
     run.run("inpainter training", "train_inpainter", "-d", dataset, "-f", "0", *preset.inpainter_args)
     run.run("normal CTs", "inpaint", "-d", dataset, "-f", "0")
     if run.done("normal CTs"):

@@ -101,7 +101,7 @@ class InpainterPreset:
     """Network shape, working grid and training recipe (what ``train_inpainter`` needs besides data).
 
     Model fields become the ``FFCInpainter`` config; the rest is the recipe. A bigger GPU run is a preset with
-    fields replaced, e.g. ``get_preset("default", base_channels=32, spacing_mm=(1.5, 1.5, 2.5),
+    fields replaced, e.g. ``get_preset("cpu", base_channels=32, spacing_mm=(1.5, 1.5, 2.5),
     patch_size=(48, 96, 96), batch_size=8, steps_per_epoch=500, epochs=100)``.
     """
 
@@ -141,16 +141,19 @@ PRESETS: dict[str, InpainterPreset] = {
     "tiny": InpainterPreset(base_channels=8, num_ffc_blocks=1, spacing_mm=(5.0, 5.0, 8.0), patch_size=(8, 24, 24),
                             epochs=3, steps_per_epoch=40, learning_rate=3e-3),
     # CPU: 0.26 s per step on one core, 10 x 100 steps in ~4 min (docs/decisions.md, Stage 2)
-    "default": InpainterPreset(),
+    "cpu": InpainterPreset(),
     # one GPU: a finer grid (the fill keeps the grain of thin-slice scans), wider network, 50 000 patches
     "gpu": InpainterPreset(base_channels=32, num_ffc_blocks=6, spacing_mm=(1.5, 1.5, 2.5), patch_size=(48, 96, 96),
                            batch_size=8, learning_rate=1e-3, epochs=50, steps_per_epoch=125),
 }
+# the name the "cpu" preset had until 2026-12 (one vocabulary across commands, issue #19); accepted for a release
+LEGACY_PRESET_NAMES = {"default": "cpu"}
 
 
-def get_preset(preset: str | InpainterPreset = "default", **overrides) -> InpainterPreset:
+def get_preset(preset: str | InpainterPreset = "cpu", **overrides) -> InpainterPreset:
     """A preset by name (or as given), with fields replaced by ``overrides``."""
     if isinstance(preset, str):
+        preset = LEGACY_PRESET_NAMES.get(preset, preset)
         if preset not in PRESETS:
             raise InpaintingError(f"unknown inpainter preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
@@ -445,7 +448,7 @@ INPAINTER_LOCK = LockOwner("diff4mm_train_inpainter", "this inpainter folder", "
 
 def train_inpainter(cases, out_dir, *, epochs: int | None = None, steps_per_epoch: int | None = None,
                     device: str | torch.device = "cpu", seed: int = 0,
-                    preset: str | InpainterPreset = "default", resume: bool = True,
+                    preset: str | InpainterPreset = "cpu", resume: bool = True,
                     progress: bool = True, case_names: list[str] | None = None) -> FFCInpainter:
     """Train an FFCInpainter on healthy liver and save it to ``out_dir/model``; returns it (eval mode).
 
@@ -843,7 +846,7 @@ def fill_region(phases: Mapping[str, sitk.Image], region: sitk.Image, model_or_m
     rng = np.random.default_rng(seed)
     model = model_or_method
     if isinstance(model, str) and model in CLASSICAL_METHODS:
-        window = PRESETS["default"].hu_window
+        window = PRESETS["cpu"].hu_window
         filled = _fill_classical(arrays, region_arr, lab, model, spacing_zyx, rng, window)
     else:
         if isinstance(model, (str, os.PathLike)):

@@ -120,7 +120,7 @@ PRESETS: dict[str, Preset] = {
     # enhancement pattern as a condition (blends 30 %, hypervascular arterial contrast +27 HU, mask-only +11,
     # real +32); 3000 + 6000 steps, ~37 min on one core (the CPU demo passes epochs=20 to stay in its budget).
     # docs/decisions.md, Stage 3
-    "default": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32), ae_norm_groups=8,
+    "cpu": Preset(roi_size_vox=32, working_spacing_mm=3.0, ae_channels=(16, 32), ae_norm_groups=8,
                       latent_channels=4, unet_channels=(16, 32, 64), unet_attention=(False, False, True),
                       unet_norm_groups=8, unet_head_channels=16, ae_patch_vox=16, ae_batch=8,
                       ae_steps_per_epoch=50, ae_epochs=60, ae_lr=1e-3, kl_weight=1e-6, unet_batch=12,
@@ -137,6 +137,8 @@ PRESETS: dict[str, Preset] = {
                   tumor_free_fraction=0.2, ddim_steps=20, blend_margin_mm=3.0, prediction_type="v_prediction",
                   unet_tumor_weight=100.0, enhancement_condition=True),
 }
+# the name the "cpu" preset had until 2026-12 (one vocabulary across commands, issue #19); accepted for a release
+LEGACY_PRESET_NAMES = {"default": "cpu"}
 
 
 def make_noise_scheduler(prediction_type: str = "epsilon"):
@@ -316,7 +318,7 @@ def _read_json(path: Path, fix: str) -> dict:
     return data
 
 
-def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: str = "auto",
+def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str = "auto",
                       epochs: int | None = None, seed: int = 0, resume: bool = True, progress: bool = True,
                       case_names: list[str] | None = None, lineage_cases: list[str] | None = None,
                       source: dict | None = None) -> Path:
@@ -337,8 +339,9 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
     from diffusers.training_utils import EMAModel
     from tqdm import tqdm
 
-    name = preset if isinstance(preset, str) else "custom"
+    name = LEGACY_PRESET_NAMES.get(preset, preset) if isinstance(preset, str) else "custom"
     if isinstance(preset, str):
+        preset = name
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[preset]
@@ -359,6 +362,8 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "default", device: 
                 "source": source or {}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as stored
     stored = _stored_settings(work / "settings.json")
+    if stored is not None and stored.get("preset") in LEGACY_PRESET_NAMES:  # a run under the preset's old name
+        stored["preset"] = LEGACY_PRESET_NAMES[stored["preset"]]
     if (out_dir / BUNDLE_JSON).exists():
         if stored is None:
             raise ValueError(f"{out_dir}: holds a synthesis bundle without a training record; choose another "

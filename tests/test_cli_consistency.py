@@ -94,6 +94,9 @@ def test_constants_mirrored_for_a_fast_help_match_the_library():
     assert plan_cpu.CPU_PLANS_NAME == _library_value("nnunetv2_diff4mm/planning.py", "CPU_PLANS_NAME")
     assert train_synthesizer.PRESET_NAMES == _library_value("synthesis/training.py", "PRESETS")
     assert train_inpainter.PRESET_NAMES == _library_value("synthesis/inpainting.py", "PRESETS")
+    for cli, library in ((train_synthesizer, "synthesis/training.py"), (train_inpainter, "synthesis/inpainting.py")):
+        assert tuple(cli.LEGACY_PRESET_NAMES) == _library_value(library, "LEGACY_PRESET_NAMES")
+        assert cli.LEGACY_PRESET_NAMES == {"default": "cpu"}
     assert inpaint.CLASSICAL_METHODS == _library_value("synthesis/inpainting.py", "CLASSICAL_METHODS")
     assert inpaint.DEFAULT_DILATION_MM == _library_value("synthesis/inpainting.py", "DEFAULT_DILATION_MM")
 
@@ -174,6 +177,32 @@ def test_shared_options_have_one_spelling_in_every_command(command):
     short_n = parser._option_string_actions.get("-n")
     if short_n is not None and short_n.help != "==SUPPRESS==":  # -n is a dataset name, as in diff4mm_register
         assert short_n.dest == "name", command
+
+
+@pytest.mark.parametrize("command", ["diff4mm_train_inpainter", "diff4mm_train_synthesizer", "diff4mm_benchmark",
+                                     "diff4mm_demo"])
+def test_one_preset_vocabulary_and_old_names_with_a_one_line_notice(command, capsys):
+    """cpu and gpu mean the CPU-sized and GPU-sized setting in every command (tiny: tests; the benchmark adds
+    evidence); the models' old "default" (= cpu) and the benchmark's old "default" (= gpu) still work for a
+    release, with one line on stderr, and are not offered in --help."""
+    parser = importlib.import_module(SCRIPTS[command]).build_parser()
+    action = parser._option_string_actions["--preset"]
+    offered = [c for c in action.choices if c != "default"]
+    assert {"cpu", "gpu"} <= set(offered) <= {"tiny", "cpu", "gpu", "evidence"}
+    assert action.default == "cpu"
+    required = {"diff4mm_train_inpainter": ["-d", "1"], "diff4mm_train_synthesizer": ["-d", "1"],
+                "diff4mm_benchmark": ["-d", "1", "--phantom", "p"], "diff4mm_demo": []}[command]
+    for name in offered:
+        assert parser.parse_args([*required, "--preset", name]).preset == name
+    assert capsys.readouterr().err == ""
+    if command == "diff4mm_demo":
+        assert "default" not in action.choices
+        return
+    old = parser.parse_args([*required, "--preset", "default"]).preset
+    assert old == ("gpu" if command == "diff4mm_benchmark" else "cpu")
+    err = capsys.readouterr().err.strip()
+    assert f"--preset default is deprecated" in err and f"use --preset {old}" in err and "\n" not in err
+    assert "default" not in parser.format_help().split("--preset", 1)[1].split("\n")[0]
 
 
 def test_old_spellings_still_work_for_a_release_with_a_one_line_notice(capsys):

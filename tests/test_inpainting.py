@@ -308,6 +308,13 @@ def test_every_preset_the_cli_offers_builds_a_model_that_fills_its_own_patch(nam
     assert torch.equal(out[hole.expand_as(out) == 0], image[hole.expand_as(image) == 0])
 
 
+def test_a_presets_old_name_gives_the_same_preset():
+    from synthesis.inpainting import LEGACY_PRESET_NAMES
+
+    assert LEGACY_PRESET_NAMES == {"default": "cpu"} and "default" not in PRESETS
+    assert get_preset("default") == get_preset("cpu") == PRESETS["cpu"]
+
+
 def test_a_second_training_into_the_same_folder_is_refused_while_one_runs(tmp_path):
     """Two trainings writing one checkpoint folder collided on its epoch folders ("Directory not empty"); the
     folder lock refuses the second at once, before it reads a case, and names the holder."""

@@ -273,6 +273,26 @@ def test_a_bundle_recorded_before_a_preset_field_existed_still_counts_as_finishe
     assert {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()} == before
 
 
+def test_a_bundle_recorded_under_a_presets_old_name_still_counts_as_finished(bundle, raw, tmp_path, monkeypatch):
+    """Presets were renamed to one vocabulary (issue #19: the old "default" is now "cpu"); a bundle whose record
+    holds the old name is the same training, not one "with other settings"."""
+    from synthesis import training
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    record = old / "training" / "settings.json"
+    settings = json.loads(record.read_text(encoding="utf-8"))
+    assert settings["preset"] == "tiny"
+    settings["preset"] = "tiny_old_name"
+    record.write_text(json.dumps(settings), encoding="utf-8")
+    before = {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()}
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setitem(training.LEGACY_PRESET_NAMES, "tiny_old_name", "tiny")  # "default" -> "cpu", on tiny
+    assert train_cli.main(["-d", "990", "-o", str(old), "--preset", "tiny", "--epochs", "1", "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in old.rglob("*") if p.is_file()} == before
+    assert training.LEGACY_PRESET_NAMES["default"] == "cpu" and "default" not in training.PRESETS
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_sampler_reads_the_training_target_the_way_training_defines_it(prediction_type):
     """A model that returns exactly the training target for the x0 it should produce must lead the bundle's

@@ -96,18 +96,20 @@ PRESETS = {
     # CPU: the demo's tiny inpainter and a short default-preset synthesizer (docs/decisions.md, Evidence)
     "cpu": Preset("cpu", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMDemo", "Diff4MMTrainer_Demo", tta=False,
                   device="cpu", inpainter_args=("--preset", "tiny", "--epochs", "6"),
-                  synthesizer_args=("--preset", "default", "--epochs", "20")),
+                  synthesizer_args=("--preset", "cpu", "--epochs", "20")),
     # CPU evidence: the 2d configuration of the CPU plans, on a schedule long enough for arm (b) to find tumors
     # (benchmarks/schedule_curve.py on a validation fold; docs/decisions.md, Evidence), the default inpainter and
     # a half-length default synthesizer per job
     "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidence", "Diff4MMTrainer_Evidence",
-                       tta=False, device="cpu", inpainter_args=("--preset", "default"),
-                       synthesizer_args=("--preset", "default", "--epochs", "10"), configuration="2d",
+                       tta=False, device="cpu", inpainter_args=("--preset", "cpu"),
+                       synthesizer_args=("--preset", "cpu", "--epochs", "10"), configuration="2d",
                        reference_copy_eval=True),
-    "default": Preset("default", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto",
-                      inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu"),
-                      reference_copy_eval=True),
+    # GPU: nnU-Net's own plans and trainers (1000 epochs), the gpu model presets, mirroring on
+    "gpu": Preset("gpu", "nnUNetPlans", "nnUNetTrainer", "Diff4MMTrainer", tta=True, device="auto",
+                  inpainter_args=("--preset", "gpu"), synthesizer_args=("--preset", "gpu"), reference_copy_eval=True),
 }
+# the name the "gpu" preset had until 2026-12 (one vocabulary across commands, issue #19); accepted for a release
+LEGACY_PRESETS = {"default": "gpu"}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ derived dataset gets the identical file, so arm (a) sees the same case lists.
 
 Training and inference run nnU-Net's own commands as subprocesses (``nnUNetv2_train``, ``nnUNetv2_predict`` on
 ``imagesTs``), logged under OUT/logs. The cpu preset predicts with ``--disable_tta`` (mirroring TTA costs 8x
-the forward passes on a CPU); the default preset keeps nnU-Net's TTA unless told otherwise.
+the forward passes on a CPU); the gpu preset keeps nnU-Net's TTA unless told otherwise.
 
 Worker counts: ``-np`` also sets nnU-Net's ``nnUNet_n_proc_DA`` and ``nnUNet_def_n_proc`` for the subprocesses
 unless already set (nnU-Net's final validation otherwise spawns 8 export workers; measured on the shared 2-core
@@ -45,7 +45,7 @@ from .. import conventions
 from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
-from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
+from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, LEGACY_PRESETS, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
                      dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
                      reference_channel, refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
@@ -76,9 +76,10 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
 
     roots = roots or Roots.from_env()
     s = settings
-    if s.preset not in PRESETS:
+    name = LEGACY_PRESETS.get(s.preset, s.preset)
+    if name not in PRESETS:
         raise BenchmarkError(f"--preset {s.preset}: choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[s.preset]
+    preset = PRESETS[name]
     baseline_trainer, diff4mm_trainer = s.trainers or (preset.baseline_trainer, preset.diff4mm_trainer)
     arms = [ARM_BY_KEY[k] for k in ARM_BY_KEY if k in s.arms]
     unknown = set(s.arms) - set(ARM_BY_KEY)

@@ -73,6 +73,25 @@ SHARD_HELP = ("run only part I of N of the cases (I = 0..N-1, e.g. ${SLURM_ARRAY
               "(docs/cluster.md)")
 
 
+def add_preset_argument(parser: argparse.ArgumentParser, names: tuple[str, ...], legacy: dict[str, str],
+                        default: str, help: str) -> None:
+    """``--preset NAME``, one vocabulary in every command (tiny: tests, cpu, gpu; the benchmark adds evidence).
+    A name in ``legacy`` (old -> new) is still accepted for one more release, with a one-line notice on stderr,
+    and left out of --help."""
+    import sys
+
+    class Preset(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if values in legacy:
+                print(f"{parser.prog}: note: --preset {values} is deprecated and will be removed in the next "
+                      f"release; use --preset {legacy[values]}", file=sys.stderr)
+                values = legacy[values]
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument("--preset", action=Preset, choices=(*names, *legacy), default=default,
+                        metavar="{" + ",".join(names) + "}", help=help)
+
+
 def deprecated_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
     """Accept the older spelling ``old`` of the option ``new`` (stored in ``dest``) for one more release, with a
     one-line notice on stderr; hidden from --help."""

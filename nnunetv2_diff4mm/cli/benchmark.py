@@ -6,9 +6,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..benchmark import ARMS, DERIVED_ID_OFFSET, PRESETS, BenchmarkSettings, run_benchmark
+from ..benchmark import ARMS, DERIVED_ID_OFFSET, LEGACY_PRESETS, PRESETS, BenchmarkSettings, run_benchmark
 from ..evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM
-from .arg_types import at_least_one, deprecated_alias, fraction, positive_float
+from .arg_types import add_preset_argument, at_least_one, deprecated_alias, fraction, positive_float
 from .errors import add_common_arguments, add_device_argument, reported_errors
 
 
@@ -32,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnU-Net folds (default 0)")
     parser.add_argument("--fractions", type=fraction, nargs="+", default=[0.25, 0.5, 1.0], metavar="F",
                         help="labelled fractions of each fold's training cases, in (0, 1] (default 0.25 0.5 1)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+    add_preset_argument(parser, tuple(PRESETS), LEGACY_PRESETS, "cpu",
                         help="cpu: plans Diff4MMCPUPlans, trainers nnUNetTrainer_Diff4MMDemo / Diff4MMTrainer_Demo "
                              "(short schedule), test-time mirroring off for CPU speed; evidence: the same plans, "
                              "2d, trainers nnUNetTrainer_Diff4MMEvidence / Diff4MMTrainer_Evidence (a schedule on "
-                             "which nnU-Net finds tumors on the phantom); default: nnUNetPlans, "
-                             "nnUNetTrainer / Diff4MMTrainer, mirroring on (default: cpu)")
+                             "which nnU-Net finds tumors on the phantom); gpu: nnUNetPlans, "
+                             "nnUNetTrainer / Diff4MMTrainer, mirroring on (default: cpu; 'default' is the old name "
+                             "of gpu)")
     parser.add_argument("-c", "--configuration", default=None,
                         help="nnU-Net configuration (default: the preset's, 2d for evidence, else 3d_fullres)")
     parser.add_argument("--trainers", nargs=2, default=None, metavar=("BASELINE", "DIFF4MM"),

@@ -5,13 +5,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .arg_types import add_preset_argument
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 from .train_synthesizer import resolve_raw_dataset
 
 # mirrors synthesis.inpainting.PRESETS (torch import), not imported so that --help stays fast;
 # tests/test_cli_consistency.py checks that they agree
-PRESET_NAMES = ("tiny", "default", "gpu")
+PRESET_NAMES = ("tiny", "cpu", "gpu")
+LEGACY_PRESET_NAMES = {"default": "cpu"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", metavar="MODEL_DIR",
                         help="model folder (default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold, "
                              "where diff4mm_inpaint looks)")
-    parser.add_argument("--preset", default="default", choices=PRESET_NAMES,
-                        help="model and training size: tiny (tests, seconds), default (CPU, ~4 min on one core), "
-                             "gpu (1.5 x 1.5 x 2.5 mm grid, one GPU)")
+    add_preset_argument(parser, PRESET_NAMES, LEGACY_PRESET_NAMES, "cpu",
+                        help="model and training size: tiny (tests, seconds), cpu (~4 min on one core), gpu "
+                             "(1.5 x 1.5 x 2.5 mm grid, one GPU) (default: cpu; 'default' is the old name of cpu)")
     parser.add_argument("--epochs", type=int, help="number of epochs (default: the preset's)")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto",
                         help="training device (default auto: cuda if available)")

@@ -8,13 +8,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .arg_types import add_preset_argument
 from .case_args import add_case_arguments
 from .errors import add_common_arguments, add_device_argument, reported_errors
 
 PROG = "diff4mm_train_synthesizer"
 # mirrors synthesis.training.PRESETS (torch import), not imported so that --help stays fast;
 # tests/test_cli_consistency.py checks that they agree
-PRESET_NAMES = ("tiny", "default", "gpu")
+PRESET_NAMES = ("tiny", "cpu", "gpu")
+LEGACY_PRESET_NAMES = {"default": "cpu"}
 
 
 def resolve_raw_dataset(dataset: str) -> Path:
@@ -53,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
                         help="normal CTs from diff4mm_inpaint (default: DATASET/diff4mm/normal_foldFOLD with --fold "
                              "if it exists, else DATASET/diff4mm/normal)")
-    parser.add_argument("--preset", choices=list(PRESET_NAMES), default="default",
-                        help="model/ROI size: tiny (tests, 16^3 at 6 mm), default (CPU, 32^3 at 3 mm, ~37 min "
-                             "on one core), gpu (64^3 at 1.5 mm) (default: default)")
+    add_preset_argument(parser, PRESET_NAMES, LEGACY_PRESET_NAMES, "cpu",
+                        help="model/ROI size: tiny (tests, 16^3 at 6 mm), cpu (32^3 at 3 mm, ~37 min on one core), "
+                             "gpu (64^3 at 1.5 mm) (default: cpu; 'default' is the old name of cpu)")
     add_device_argument(parser, ("cpu", "cuda", "auto"), default="auto", help="default: auto")
     parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="epochs of each stage (default: the preset's)")
