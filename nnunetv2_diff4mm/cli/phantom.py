@@ -5,7 +5,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ..phantom import PhantomConfig, write_phantom_dataset
+from ..phantom.config import PhantomConfig
 from ..phantom.tissues import MAX_TUMORS
 from .arg_types import finite_float, positive_float
 from .errors import add_common_arguments, reported_errors
@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--spacing must be positive, --max-shift-mm >= 0, -np >= 1")
     config = PhantomConfig(seed=args.seed, spacing=tuple(args.spacing), max_tumors=args.max_tumors,
                            max_shift_mm=args.max_shift_mm)
+    from ..phantom.dataset import write_phantom_dataset
+
     names = write_phantom_dataset(args.output, config, args.cases, args.test_cases, args.num_processes)
     print(f"{len(names)} phantom cases in {args.output}")
     return 0

@@ -26,29 +26,15 @@ from registration.image_io import write_image_atomic, write_json_atomic
 
 from . import acquisition, motion
 from .anatomy import build_anatomy
+from .config import PhantomConfig  # noqa: F401 (part of this module's API)
 from .grid import Grid
 from .tissues import NOISE_HU, PHASES, REFERENCE_PHASE
 
-FORMAT_VERSION = 1
 REFERENCE_FOV_MM = ((-160.0, -125.0, -90.0), (160.0, 125.0, 90.0))  # x, y, z of the PVP scan (LPS)
 # Per-phase voxel size relative to the reference phase, and cranio-caudal extent change (mm).
 PHASE_SPACING_FACTOR = {"NC": (1.1, 1.1, 1.2), "AP": (0.95, 0.95, 1.0), "PVP": (1.0, 1.0, 1.0),
                         "DELAY": (1.05, 1.05, 1.0)}
 SPLITS = {"train": "case", "test": "test"}
-
-
-@dataclass(frozen=True)
-class PhantomConfig:
-    """Settings that change the generated data; stored in phantom.json."""
-
-    seed: int = 0
-    spacing: tuple[float, float, float] = (3.0, 3.0, 5.0)  # reference (PVP) voxel size, mm (x, y, z)
-    max_tumors: int = 5
-    max_shift_mm: float = motion.MAX_CRANIOCAUDAL_SHIFT_MM
-
-    def to_json(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self), "spacing": list(self.spacing),
-                "phases": list(PHASES), "reference": REFERENCE_PHASE}
 
 
 @dataclass
