@@ -42,7 +42,8 @@ from registration.image_io import write_image_atomic  # noqa: E402
 from synthesis.dataset_io import load_case, load_training_cases  # noqa: E402
 from synthesis.enhancement import measure_patterns  # noqa: E402
 from synthesis.pipeline import Synthesizer  # noqa: E402
-from synthesis.roi import component_centre, extract_roi, normalize_hu  # noqa: E402
+from synthesis.intensity import normalize_hu  # noqa: E402
+from synthesis.roi import component_centre, extract_roi  # noqa: E402
 from synthesis.training import train_synthesizer  # noqa: E402
 from synthesis.tumor_masks import equivalent_diameter_mm, label_tumors  # noqa: E402
 

@@ -33,6 +33,7 @@ import torch
 
 from registration.image_io import write_json_atomic
 
+from .devices import resolve_device  # noqa: F401 (part of this module's API)
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
 from .roi import ROISpec
@@ -71,15 +72,6 @@ class SynthesisBundle:
         if list(phases) != list(self.phases):
             raise BundleError(f"{self.path / BUNDLE_JSON}: trained on phases {list(self.phases)}, but the {where} "
                               f"has phases {list(phases)}; train a bundle on this dataset or reorder its phases")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
 
 
 def _sha256(path: Path) -> str:

@@ -52,6 +52,8 @@ from registration.image_io import same_grid, write_atomic, write_json_atomic
 from registration.nnunet_raw import DatasetLockedError, LockOwner, dataset_lock  # noqa: F401 (DatasetLockedError: raised)
 
 from .bundle import hash_files, verify_files, without_local_path
+from .devices import resolve_device
+from .intensity import denormalize_hu, normalize_hu  # noqa: F401 (part of this module's API)
 from .masks import body_mask, dilate_mask_mm, random_liver_blob_masks
 from .grain import restore_grain
 from .models.ffc_inpainter import FFCInpainter
@@ -77,20 +79,6 @@ class InpaintingError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- intensities
-
-
-def normalize_hu(hu: np.ndarray | torch.Tensor, window: Sequence[float]):
-    """HU -> [-1, 1]: clip to ``window`` = (low, high) and scale linearly."""
-    low, high = float(window[0]), float(window[1])
-    centre, half = (low + high) / 2, (high - low) / 2
-    if isinstance(hu, torch.Tensor):
-        return ((hu.clamp(low, high) - centre) / half).float()
-    return ((np.clip(hu, low, high) - centre) / half).astype(np.float32)
-
-
-def denormalize_hu(x: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    low, high = float(window[0]), float(window[1])
-    return (np.asarray(x, np.float32) * (high - low) / 2 + (low + high) / 2).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- presets
@@ -373,12 +361,6 @@ def inpainting_loss(output: torch.Tensor, target: torch.Tensor, hole: torch.Tens
 
 
 # --------------------------------------------------------------------------------------------- training
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _write_loss_csv(path: Path, history: list[dict]) -> None:

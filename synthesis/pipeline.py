@@ -40,7 +40,8 @@ from .bundle import (BUNDLE_JSON, COMPONENTS, MODEL_INDEX, BundleError, Synthesi
 from .enhancement import roi_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
-from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight, normalize_hu,
+from .intensity import normalize_hu
+from .roi import (add_change, component_centre, component_extent_mm, extract_roi, feather_weight,
                   roi_box, roi_to_case)
 from .tumor_masks import TumorMaskDistribution, label_tumors, random_tumor_mask, tumor_diameters_mm
 

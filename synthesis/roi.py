@@ -33,17 +33,6 @@ class ROISpec:
         return (self.size_vox - 1 - 2 * EDGE_VOX) * self.spacing_mm
 
 
-def normalize_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """HU -> [-1, 1] (clipped to the window)."""
-    lo, hi = window
-    return np.clip((np.asarray(hu, np.float32) - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
-
-
-def denormalize_hu(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    lo, hi = window
-    return ((np.asarray(x, np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
-
-
 def _zyx(spacing_xyz) -> np.ndarray:
     return np.asarray(spacing_xyz, float)[::-1]
 

@@ -41,11 +41,13 @@ from scipy import ndimage
 
 from registration.image_io import write_atomic, write_json_atomic
 
-from .bundle import BUNDLE_JSON, BundleError, resolve_device, save_bundle, without_local_path
+from .bundle import BUNDLE_JSON, BundleError, save_bundle, without_local_path
+from .devices import resolve_device
 from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
 from .models.roi_autoencoder import ROIAutoencoderKL
-from .roi import ROISpec, denormalize_hu, normalize_hu, resample_grid
+from .intensity import denormalize_hu, normalize_hu
+from .roi import ROISpec, resample_grid
 from .tumor_masks import fit_mask_distribution, label_tumors, tumor_diameters_mm
 
 _STAGES = {"autoencoder": 1, "unet": 2, "cache": 3, "validation": 4, "preview": 5}

@@ -87,7 +87,7 @@ def test_pool_settings_keep_the_ranks_cuda_index_without_a_gpu(tmp_path):
     which `device.type` alone gave), with the GPU duty cycle; the CPU keeps the CPU duty."""
     from nnunetv2_diff4mm.training.synthetic_pool import PoolSettings
     from nnunetv2_diff4mm.training.trainer import Diff4MMTrainer, pool_settings
-    from synthesis.bundle import resolve_device
+    from synthesis.devices import resolve_device
 
     common = dict(folder=tmp_path, bundle=tmp_path / "bundle", normal_files=[tmp_path / "a.npz"], intensity=[],
                   foreground_labels=[2], size=4, seed=7, duty_cpu=Diff4MMTrainer.synthesis_duty_cpu,

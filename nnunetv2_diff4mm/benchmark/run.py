@@ -56,13 +56,15 @@ from .synthesis_models import prepare_classical_normals, prepare_synthesis_model
 
 
 def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    """The device the benchmark's nnU-Net commands get (-device cpu or cuda: nnU-Net's own choices)."""
+    from synthesis.devices import DeviceError, resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda", "auto"):
         raise BenchmarkError(f"--device {device}: choose cpu, cuda or auto")
-    return device
+    try:
+        return resolve_device(device).type
+    except DeviceError as err:
+        raise BenchmarkError(str(err)) from None
 
 
 def _log(message: str) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,16 +168,14 @@ def read_model(folder: str | os.PathLike, folds=DEFAULT_FOLDS, checkpoint: str =
 
 
 def resolve_device(device: str = "auto"):
-    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'mps' as a torch.device."""
-    import torch
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'mps' as a torch.device (synthesis.devices), its
+    refusal as a ModelError (one line from diff4mm_predict)."""
+    from synthesis.devices import DeviceError, resolve_device as resolve
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
-        raise ModelError(f"invalid device {device!r}: use cpu, cuda or mps")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("device cuda: no CUDA GPU is available to torch here; pass -device cpu")
-    return torch.device(device)
+    try:
+        return resolve(device)
+    except DeviceError as err:
+        raise ModelError(str(err)) from None
 
 
 def load_predictor(info: ModelInfo, device: str = "auto", tta: bool = True):
