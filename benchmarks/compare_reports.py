@@ -19,6 +19,7 @@ pairs ((c) − (b), (b) − (a), ...), as if one diff4mm_benchmark run had train
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def _tagged(text: str) -> tuple[str, Path]:
     return tag, path / "per_case.csv" if path.is_dir() else path
 
 
+def nsd_tolerance(path: Path) -> float | None:
+    """The NSD tolerance (mm) a benchmark run used, from the summary.md beside its per_case.csv (the CSV does not
+    record it); None if there is no summary to read it from."""
+    summary = path.parent / "summary.md"
+    if not summary.is_file():
+        return None
+    found = re.search(r"NSD at ([0-9.]+) mm", summary.read_text(encoding="utf-8"))
+    return float(found.group(1)) if found else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--combine", action="store_true",
                         help="the runs trained different arms of one benchmark: one report with the benchmark's pairs "
                              "((c) − (b), ...) instead of each method paired across runs")
+    parser.add_argument("--nsd-tolerance-mm", type=float, default=None, metavar="MM",
+                        help="the NSD tolerance of the runs, needed only when a run's summary.md (which states it) "
+                             "is not beside its per_case.csv")
     parser.add_argument("--unregistered", action="store_true",
                         help="with --combine: label the arms as trained on unregistered phases "
                              "(a dataset from diff4mm_register --no-registration)")
@@ -55,6 +69,20 @@ def main(argv=None) -> int:
 
     if args.unregistered and not args.combine:
         parser.error("--unregistered labels the arms of a --combine report; side by side, the tags name the runs")
+    # the NSD columns of runs at different tolerances are different metrics: refuse to pair them, and label the
+    # report with the runs' own tolerance (it said the default, 2 mm, for runs at 5 mm before)
+    tolerances = {tag: nsd_tolerance(path) for tag, path in args.runs}
+    known = {t for t in tolerances.values() if t is not None}
+    if len(known) > 1:
+        parser.error("the runs used different NSD tolerances (" + ", ".join(f"{tag}: {t:g} mm" for tag, t in
+                     tolerances.items() if t is not None) + "); their NSD values cannot be paired")
+    if args.nsd_tolerance_mm is not None and known and known != {args.nsd_tolerance_mm}:
+        parser.error(f"--nsd-tolerance-mm {args.nsd_tolerance_mm:g} disagrees with the runs' summary.md "
+                     f"({known.pop():g} mm)")
+    if None in tolerances.values() and args.nsd_tolerance_mm is None:
+        missing = ", ".join(tag for tag, t in tolerances.items() if t is None)
+        parser.error(f"no summary.md beside the per_case.csv of {missing}: give the runs' --nsd-tolerance-mm")
+    tolerance = args.nsd_tolerance_mm if args.nsd_tolerance_mm is not None else known.pop()
     from nnunetv2_diff4mm.benchmark.common import method_labels, reported_pairs
     from nnunetv2_diff4mm.evaluation import report as R
 
@@ -72,7 +100,8 @@ def main(argv=None) -> int:
     settings = {f"run {tag}": str(path) for tag, path in args.runs}
     title = args.title or ("Diff4MM benchmark, arms combined from several runs" if args.combine
                            else "Diff4MM benchmark runs side by side")
-    summary = R.write_report(rows, args.output, labels, pairs, settings, title=title)
+    settings["NSD tolerance"] = f"{tolerance:g} mm"
+    summary = R.write_report(rows, args.output, labels, pairs, settings, title=title, nsd_tolerance_mm=tolerance)
     print(f"[diff4mm] {len(pairs)} paired comparisons of {len(rows)} rows: {summary}")
     return 0
 

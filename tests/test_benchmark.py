@@ -76,7 +76,18 @@ def test_report_values_equal_hand_computed(tmp_path):
                                                                                                   0.5, 2))
     stats_lines = [line for line in text.splitlines() if line.startswith("| (c) − (b) | ")]
     assert "| tumor Dice | +0.500 | [+0.250, +0.750] | 0.5 | above 0 | 2 |" in stats_lines[1]
-    assert "| liver Dice | +0.000 | [+0.000, +0.000] | 1 | includes 0 | 2 |" in stats_lines[3]
+    assert "| tumor Dice, cases with a tumor | +0.500 | [+0.250, +0.750] | 0.5 | above 0 | 2 |" in stats_lines[2]
+    # lesion recall per case: (c) 1/1, 1/1; (b) 1/1, 0/1 -> differences 0, 1
+    assert "| tumor recall per case, cases with a tumor | +0.500 | [+0.000, +1.000] |" in stats_lines[3]
+    assert "| liver Dice | +0.000 | [+0.000, +0.000] | 1 | includes 0 | 2 |" in stats_lines[5]
+    # a tumor-free case where (b) predicts nothing (Dice 1) and (c) a false positive (Dice 0): it counts in the
+    # tumor Dice (+0.25, +0.75, -1 -> 0), not in the tumor-case rows (+0.25, +0.75 -> +0.5)
+    free = [{**rows[0], "case": "c3", "tumor_dice": 1.0, "n_ref_tumors": 0, "tumor_tp": 0},
+            {**rows[2], "case": "c3", "tumor_dice": 0.0, "n_ref_tumors": 0, "tumor_tp": 0}]
+    assert R.paired_statistics(rows + free, C, BM, 1.0, "tumor_dice")["mean"] == pytest.approx(0.0)
+    st = R.paired_statistics(rows + free, C, BM, 1.0, "tumor_dice_tumor_cases")
+    assert (st["mean"], st["n"]) == (pytest.approx(0.5), 2)
+    assert R.paired_statistics(rows + free, C, BM, 1.0, "tumor_recall_tumor_cases")["n"] == 2
     assert "1.000 (2/2) | 2 |" in c_line and "0.500 (1/2) | 2 |" in b_line  # recall of tumors < 20 mm
     # data efficiency, tumor Dice of (b): 0.375 ± 0.177 at fraction 0.5, 0.375 ± 0.530 at fraction 1
     efficiency = text.split("## Data efficiency")[1].split("##")[0]
@@ -108,6 +119,7 @@ def test_two_runs_side_by_side_are_paired_per_test_case(tmp_path):
         pred = _folder(tmp_path / f"pred_{tag}", cases)
         R.write_csv([{"method": BM, "fraction": 0.15, "fold": 0, **r} for r in evaluate_folder(pred, refs)],
                     tmp_path / tag / "per_case.csv")
+        (tmp_path / tag / "summary.md").write_text("Per case ... NSD at 5 mm. Both masks empty", encoding="utf-8")
     out = tmp_path / "side_by_side"
     proc = subprocess.run([sys.executable, script, f"registered={tmp_path / 'registered'}",
                            f"unregistered={tmp_path / 'unregistered'}", "-o", str(out)],
@@ -115,6 +127,7 @@ def test_two_runs_side_by_side_are_paired_per_test_case(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (out / "summary.md").read_text(encoding="utf-8")
     assert "| (b@registered) nnU-Net, all registered phases | 1.000 ± 0.000 |" in text
+    assert "NSD at 5 mm" in text and "| NSD tolerance | 5 mm |" in text  # the runs' own tolerance, not the default
     # registered - unregistered tumor Dice: 1 - 0.75, 1 - 0 -> +0.625; the two rows of one case are paired
     assert ("| (b@registered) − (b@unregistered) | tumor Dice | +0.625 | [+0.250, +1.000] | 0.5 | above 0 | 2 |"
             in text)
@@ -143,7 +156,11 @@ def test_arms_of_two_runs_combine_into_one_paired_report(tmp_path):
                               errors="replace")
 
     out = tmp_path / "combined"
+    # per_case.csv files alone do not say at which tolerance NSD was measured: refused without it
     proc = run("--combine", "--unregistered", f"b={tmp_path / BM}", f"c={tmp_path / C}", "-o", str(out))
+    assert proc.returncode == 2 and "--nsd-tolerance-mm" in proc.stderr and not out.exists()
+    proc = run("--combine", "--unregistered", f"b={tmp_path / BM}", f"c={tmp_path / C}", "-o", str(out),
+               "--nsd-tolerance-mm", "2")
     assert proc.returncode == 0, proc.stderr
     text = (out / "summary.md").read_text(encoding="utf-8")
     b_line = next(line for line in text.splitlines() if line.startswith("| (b) nnU-Net, all unregistered phases "
@@ -152,8 +169,14 @@ def test_arms_of_two_runs_combine_into_one_paired_report(tmp_path):
     # (c) - (b) per case: 1 - 0.75, 0.75 - 0 -> +0.500, bootstrap [+0.250, +0.750], exact Wilcoxon p 0.5
     assert "| (c) − (b) | tumor Dice | +0.500 | [+0.250, +0.750] | 0.5 | above 0 | 2 |" in text
     assert len(R.read_csv(out / "per_case.csv")) == 4
+    # runs measured at different NSD tolerances cannot be paired
+    (tmp_path / BM / "summary.md").write_text("NSD at 5 mm.", encoding="utf-8")
+    (tmp_path / C / "summary.md").write_text("NSD at 2 mm.", encoding="utf-8")
+    mixed = run("--combine", f"b={tmp_path / BM}", f"c={tmp_path / C}", "-o", str(tmp_path / "mixed"))
+    assert mixed.returncode == 2 and "different NSD tolerances" in mixed.stderr
     # the same arm in both runs would count its cases twice: refused, nothing written
-    dup = run("--combine", f"b={tmp_path / BM}", f"again={tmp_path / BM}", "-o", str(tmp_path / "dup"))
+    dup = run("--combine", f"b={tmp_path / BM}", f"again={tmp_path / BM}", "-o", str(tmp_path / "dup"),
+              "--nsd-tolerance-mm", "5")
     assert dup.returncode == 1 and "combine runs of different arms only" in dup.stderr
     assert not (tmp_path / "dup").exists()
 

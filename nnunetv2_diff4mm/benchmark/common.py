@@ -40,7 +40,9 @@ ARMS = (
 )
 ARM_BY_KEY = {a.key: a for a in ARMS}
 ARM_BY_METHOD = {a.method: a for a in ARMS}
-PAIRS = (("c", "b"), ("b", "a"), ("c", "m"))  # paired differences reported: first minus second
+# paired differences reported, first minus second: Diff4MM against both baselines (issue #14: (c) − (b) and
+# (c) − (a)), multi- against single-phase, and the Table 5 ablation
+PAIRS = (("c", "b"), ("c", "a"), ("b", "a"), ("c", "m"))
 MEDIAN_FILL_SUFFIX = "MedianFill"  # arm (m)'s trainer: <Diff4MM trainer>MedianFill, so its results folder differs
 
 

@@ -8,45 +8,54 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from registration.image_io import write_atomic, write_text_atomic
 
 from .metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, SMALL_TUMOR_MM, mean_std, summarize
 
 ID_COLUMNS = ("method", "fraction", "fold", "case")
 COUNT_COLUMNS = ("tumor_tp", "tumor_fn", "tumor_fp", "tumor_tp_pred", "n_ref_tumors", "n_pred_tumors",
                  "tumor_tp_small", "tumor_fn_small")
-STAT_METRICS = ("tumor_dice", "tumor_nsd", "liver_dice")  # the paired statistics table
+# the paired statistics table; the two "tumor cases" metrics are computed per row from the others (derived_value)
+STAT_METRICS = ("tumor_dice", "tumor_dice_tumor_cases", "tumor_recall_tumor_cases", "tumor_nsd", "liver_dice")
 N_BOOTSTRAP, BOOTSTRAP_SEED = 10000, 0
 CSV_COLUMNS = (*ID_COLUMNS, *METRICS, *COUNT_COLUMNS)
 METRIC_TITLES = {"liver_dice": "liver Dice", "liver_hd95_mm": "liver HD95 (mm)", "liver_nsd": "liver NSD",
-                 "tumor_dice": "tumor Dice", "tumor_hd95_mm": "tumor HD95 (mm)", "tumor_nsd": "tumor NSD"}
+                 "tumor_dice": "tumor Dice", "tumor_hd95_mm": "tumor HD95 (mm)", "tumor_nsd": "tumor NSD",
+                 "tumor_dice_tumor_cases": "tumor Dice, cases with a tumor",
+                 "tumor_recall_tumor_cases": "tumor recall per case, cases with a tumor"}
+
+
+def derived_value(row: dict, metric: str) -> float:
+    """A per-row metric, including two read on the test cases that hold a tumor only (NaN on the others, so the
+    pair drops out): the tumor Dice there, and the case's lesion recall (detected / reference tumors). On a
+    tumor-free case an empty prediction scores Dice 1, so an arm that never predicts a tumor gains over one that
+    does on every such case; these two say what the arm does where there is a tumor to find."""
+    if metric == "tumor_dice_tumor_cases":
+        return row["tumor_dice"] if row["n_ref_tumors"] > 0 else math.nan
+    if metric == "tumor_recall_tumor_cases":
+        return row["tumor_tp"] / row["n_ref_tumors"] if row["n_ref_tumors"] > 0 else math.nan
+    return row[metric]
 BOXPLOT_PNG, EFFICIENCY_PNG = "dice_boxplots.png", "tumor_dice_vs_fraction.png"
 RECALL_PNG = "tumor_recall_by_size.png"
-
-
-def _atomic_path(path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
 
 
 def write_csv(rows: Sequence[dict], path) -> Path:
     """One line per row; NaN written as `nan`, fractions as %g."""
     path = Path(path)
-    tmp = _atomic_path(path)
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    def write(handle):
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{row[k]:g}" if k == "fraction" else
                                  "nan" if isinstance(row[k], float) and math.isnan(row[k]) else row[k])
                              for k in CSV_COLUMNS})
-    os.replace(tmp, path)
-    return path
+
+    return write_atomic(path, write, make_parents=True)
 
 
 def read_csv(path) -> list[dict]:
@@ -137,8 +146,8 @@ def paired_statistics(rows, method_x: str, method_y: str, fraction: float, metri
     1.0 when every difference is 0). NaN interval and p for fewer than 2 pairs."""
     from scipy import stats
 
-    xs = {(r["fold"], r["case"]): r[metric] for r in select(rows, method_x, fraction)}
-    ys = {(r["fold"], r["case"]): r[metric] for r in select(rows, method_y, fraction)}
+    xs = {(r["fold"], r["case"]): derived_value(r, metric) for r in select(rows, method_x, fraction)}
+    ys = {(r["fold"], r["case"]): derived_value(r, metric) for r in select(rows, method_y, fraction)}
     d = np.asarray([xs[k] - ys[k] for k in sorted(set(xs) & set(ys))], float)
     d = d[~np.isnan(d)]
     out = {"mean": float(d.mean()) if d.size else math.nan, "ci_low": math.nan, "ci_high": math.nan,
@@ -284,11 +293,11 @@ def _save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Write fig as PNG at path atomically (temporary name, os.replace) and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = _atomic_path(path)
-    fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return Path(path)
+    try:
+        return write_atomic(path, lambda handle: fig.savefig(handle, dpi=dpi, format="png"), binary=True,
+                            make_parents=True)
+    finally:
+        plt.close(fig)
 
 
 def _pyplot():
@@ -403,7 +412,9 @@ def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str
             lines += [f"Paired differences at fraction {f:g} (same test case and fold; mean ± std of the per-case "
                       "difference; for HD95 negative is better):", "", *diff, ""]
             lines += ["With 95 % bootstrap confidence intervals of the mean difference and Wilcoxon signed-rank "
-                      "p-values (where the interval includes 0 the data do not show a difference):", "",
+                      "p-values (where the interval includes 0 the data do not show a difference). \"Cases with a "
+                      "tumor\" leaves out the tumor-free test cases, where an empty prediction scores Dice 1: read "
+                      "those rows for what an arm does where there is a tumor to find:", "",
                       *statistics_table(rows, f, methods, pairs), ""]
     if len(fractions) > 1:
         lines += ["## Data efficiency: tumor Dice by labelled fraction", "",
@@ -437,9 +448,6 @@ def write_report(rows, out_dir, methods: Mapping[str, str], pairs: Sequence[tupl
     plot_data_efficiency(rows, fractions, out_dir / EFFICIENCY_PNG, methods, n_train)
     plot_recall_by_size(rows, box_fraction, out_dir / RECALL_PNG, methods)
     summary = out_dir / "summary.md"
-    tmp = _atomic_path(summary)
     figures = (BOXPLOT_PNG, EFFICIENCY_PNG, RECALL_PNG, *(f for f in extra_figures if (out_dir / f).is_file()))
-    tmp.write_text(summary_markdown(rows, methods, pairs, settings, timings, figures, warnings, title,
-                                    nsd_tolerance_mm), encoding="utf-8")
-    os.replace(tmp, summary)
-    return summary
+    return write_text_atomic(summary, summary_markdown(rows, methods, pairs, settings, timings, figures, warnings,
+                                                       title, nsd_tolerance_mm), make_parents=True)
