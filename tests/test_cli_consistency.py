@@ -93,12 +93,12 @@ def test_constants_mirrored_for_a_fast_help_match_the_library():
 
     assert plan_cpu.CPU_PLANS_NAME == _library_value("nnunetv2_diff4mm/planning.py", "CPU_PLANS_NAME")
     assert train_synthesizer.PRESET_NAMES == _library_value("synthesis/training.py", "PRESETS")
-    assert train_inpainter.PRESET_NAMES == _library_value("synthesis/inpainting.py", "PRESETS")
-    for cli, library in ((train_synthesizer, "synthesis/training.py"), (train_inpainter, "synthesis/inpainting.py")):
+    assert train_inpainter.PRESET_NAMES == _library_value("synthesis/inpainting/presets.py", "PRESETS")
+    for cli, library in ((train_synthesizer, "synthesis/training.py"), (train_inpainter, "synthesis/inpainting/presets.py")):
         assert tuple(cli.LEGACY_PRESET_NAMES) == _library_value(library, "LEGACY_PRESET_NAMES")
         assert cli.LEGACY_PRESET_NAMES == {"default": "cpu"}
-    assert inpaint.CLASSICAL_METHODS == _library_value("synthesis/inpainting.py", "CLASSICAL_METHODS")
-    assert inpaint.DEFAULT_DILATION_MM == _library_value("synthesis/inpainting.py", "DEFAULT_DILATION_MM")
+    assert inpaint.CLASSICAL_METHODS == _library_value("synthesis/inpainting/presets.py", "CLASSICAL_METHODS")
+    assert inpaint.DEFAULT_DILATION_MM == _library_value("synthesis/inpainting/presets.py", "DEFAULT_DILATION_MM")
 
 
 def test_help_loads_neither_torch_nor_nnunet_nor_scipy():

@@ -25,7 +25,7 @@ class Arm:
     label: str
     derived: bool  # trains on the derived reference-phase dataset
     role: str  # "baseline" or "diff4mm": which trainer of the preset
-    # diff4mm arms: the classical fill (synthesis/inpainting.py CLASSICAL_METHODS) of the normal CTs the tumors are
+    # diff4mm arms: the classical fill (synthesis/inpainting/presets.py CLASSICAL_METHODS) of the normal CTs the tumors are
     # painted into, instead of the learned inpainter's; such an arm trains MEDIAN_FILL_SUFFIX-named trainers
     normal_fill: str | None = None
 
