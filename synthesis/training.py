@@ -320,6 +320,51 @@ def _read_json(path: Path, fix: str) -> dict:
     return data
 
 
+def _train_stage(accelerator, stage: str, model, optimizer, *, state: dict, epochs: int, steps_per_epoch: int,
+                 seed: int, step_loss, validate, save, log: "_Log", progress_path: Path, progress: bool,
+                 after_step=None, desc: str | None = None):
+    """One epoch loop for both synthesizer stages (autoencoder, diffusion UNet), from epoch ``state[stage]`` to
+    ``epochs``. Per step: ``step_loss(model, rng, generator)`` -> loss, backward, clip, optimizer step,
+    ``after_step(model)`` (the UNet's EMA). Per epoch: ``validate(model)`` -> validation loss, then on the main
+    process ``save(model)`` (weights and optimizer state), ``state[stage] = epoch + 1`` in progress.json and a line
+    of log.csv: the resume point. The epoch's random streams derive from (seed, stage, epoch, process), so a
+    resumed run draws what an uninterrupted one would. Returns the unwrapped model."""
+    from tqdm import tqdm
+
+    main = accelerator.is_main_process
+    model, optimizer = accelerator.prepare(model, optimizer)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=state[stage] * steps_per_epoch, desc=desc or stage,
+               unit="step", disable=not (progress and main))
+    for epoch in range(state[stage], epochs):
+        rng = _epoch_rng(seed, stage, epoch, accelerator.process_index)
+        gen = _torch_generator(seed, stage, epoch, accelerator.process_index)
+        model.train()
+        start, losses = time.time(), []
+        for _ in range(steps_per_epoch):
+            loss = step_loss(model, rng, gen)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if after_step is not None:
+                after_step(model)
+            losses.append(float(loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        val = validate(accelerator.unwrap_model(model))
+        state[stage] = epoch + 1
+        if main:
+            save(accelerator.unwrap_model(model), optimizer)
+            write_json_atomic(progress_path, state)
+            log.write(stage=stage, epoch=epoch + 1, steps=(epoch + 1) * steps_per_epoch,
+                      train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
+        accelerator.wait_for_everyone()
+    bar.close()
+    trained = accelerator.unwrap_model(model)
+    accelerator.free_memory()
+    return trained
+
+
 def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str = "auto",
                       epochs: int | None = None, seed: int = 0, resume: bool = True, progress: bool = True,
                       case_names: list[str] | None = None, lineage_cases: list[str] | None = None,
@@ -339,7 +384,6 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
     """
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
-    from tqdm import tqdm
 
     name = LEGACY_PRESET_NAMES.get(preset, preset) if isinstance(preset, str) else "custom"
     if isinstance(preset, str):
@@ -439,40 +483,23 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
         optimizer = torch.optim.AdamW(ae.parameters(), lr=preset.ae_lr)
         if state["autoencoder"] > 0:
             _load_into(optimizer, ckpt / "autoencoder_optimizer.pt")
-        model, optimizer = accelerator.prepare(ae, optimizer)
-        bar = tqdm(total=preset.ae_epochs * preset.ae_steps_per_epoch, initial=state["autoencoder"] *
-                   preset.ae_steps_per_epoch, desc="autoencoder", unit="step", disable=not (progress and main))
         ae_jitter = max(jitter, (size - preset.ae_patch_vox) // 2)
-        for epoch in range(state["autoencoder"], preset.ae_epochs):
-            rng = _epoch_rng(seed, "autoencoder", epoch, accelerator.process_index)
-            gen = _torch_generator(seed, "autoencoder", epoch, accelerator.process_index)
-            model.train()
-            start, losses = time.time(), []
-            for _ in range(preset.ae_steps_per_epoch):
-                x, w = (torch.from_numpy(a).to(accelerator.device) for a in _ae_batch(train_cases, rng, preset,
-                                                                                        ae_jitter, ae_batch))
-                recon, posterior = model(x, generator=gen)
-                loss = ((recon - x).abs() * w).mean() / w.mean() + preset.kl_weight * posterior.kl().mean()
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                bar.update()
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            val = _ae_validation(accelerator.unwrap_model(model), val_images, accelerator.device)
-            state["autoencoder"] = epoch + 1
-            if main:
-                without_local_path(accelerator.unwrap_model(model)).save_pretrained(ae_dir, safe_serialization=True)
-                _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
-                write_json_atomic(progress_path, state)
-                log.write(stage="autoencoder", epoch=epoch + 1, steps=(epoch + 1) * preset.ae_steps_per_epoch,
-                          train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
-            accelerator.wait_for_everyone()
-        bar.close()
-        ae = accelerator.unwrap_model(model)
-        accelerator.free_memory()
-        del model, optimizer
+
+        def ae_loss(model, rng, gen):
+            x, w = (torch.from_numpy(a).to(accelerator.device) for a in _ae_batch(train_cases, rng, preset,
+                                                                                    ae_jitter, ae_batch))
+            recon, posterior = model(x, generator=gen)
+            return ((recon - x).abs() * w).mean() / w.mean() + preset.kl_weight * posterior.kl().mean()
+
+        def ae_save(model, optimizer):
+            without_local_path(model).save_pretrained(ae_dir, safe_serialization=True)
+            _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
+
+        ae = _train_stage(accelerator, "autoencoder", ae, optimizer, state=state, epochs=preset.ae_epochs,
+                          steps_per_epoch=preset.ae_steps_per_epoch, seed=seed, step_loss=ae_loss,
+                          validate=lambda model: _ae_validation(model, val_images, accelerator.device),
+                          save=ae_save, log=log, progress_path=progress_path, progress=progress)
+        del optimizer
     ae = ae.to(accelerator.device).eval()
     ae_seconds = time.time() - t_ae
 
@@ -514,52 +541,38 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
         optimizer = torch.optim.AdamW(unet.parameters(), lr=preset.unet_lr)
         if state["unet"] > 0:
             _load_into(optimizer, ckpt / "unet_optimizer.pt")
-        model, optimizer = accelerator.prepare(unet, optimizer)
         ema.to(accelerator.device)
         x0_all, cond_all, mask_all = (x0_of(train_cache), train_cache["normal"] * scaling_factor,
                                       train_cache["mask"])
         timesteps_n = ddpm.config.num_train_timesteps
-        bar = tqdm(total=preset.unet_epochs * preset.unet_steps_per_epoch, initial=state["unet"] *
-                   preset.unet_steps_per_epoch, desc="diffusion unet", unit="step", disable=not (progress and main))
-        for epoch in range(state["unet"], preset.unet_epochs):
-            rng = _epoch_rng(seed, "unet", epoch, accelerator.process_index)
-            gen = _torch_generator(seed, "unet", epoch, accelerator.process_index)
-            model.train()
-            start, losses = time.time(), []
-            for _ in range(preset.unet_steps_per_epoch):
-                idx = torch.from_numpy(rng.integers(0, len(x0_all), unet_batch))
-                x0, cond, m = (t[idx].to(accelerator.device) for t in (x0_all, cond_all, mask_all))
-                noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
-                t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
-                prediction = model(ddpm.add_noise(x0, noise, t), t, cond, m)
-                loss = _diffusion_loss(prediction, _training_target(ddpm, x0, noise, t), m, preset.unet_tumor_weight)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                ema.step(accelerator.unwrap_model(model).parameters())
-                losses.append(float(loss.detach()))
-                bar.update()
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            raw = accelerator.unwrap_model(model)
+
+        def unet_loss(model, rng, gen):
+            idx = torch.from_numpy(rng.integers(0, len(x0_all), unet_batch))
+            x0, cond, m = (t[idx].to(accelerator.device) for t in (x0_all, cond_all, mask_all))
+            noise = torch.randn(x0.shape, generator=gen).to(accelerator.device)
+            t = torch.randint(0, timesteps_n, (x0.shape[0],), generator=gen).to(accelerator.device)
+            prediction = model(ddpm.add_noise(x0, noise, t), t, cond, m)
+            return _diffusion_loss(prediction, _training_target(ddpm, x0, noise, t), m, preset.unet_tumor_weight)
+
+        def unet_validate(raw):  # with the EMA weights, which the bundle ships
             ema.store(raw.parameters())
             ema.copy_to(raw.parameters())
             val = _unet_validation(raw, ddpm, x0_of(val_cache), val_cache["normal"] * scaling_factor,
                                    val_cache["mask"], accelerator.device, seed, preset.unet_tumor_weight)
             ema.restore(raw.parameters())
-            state["unet"] = epoch + 1
-            if main:
-                without_local_path(raw).save_pretrained(unet_dir, safe_serialization=True)
-                _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
-                _save_state(ckpt / "unet_ema.pt", ema.state_dict())
-                write_json_atomic(progress_path, state)
-                log.write(stage="unet", epoch=epoch + 1, steps=(epoch + 1) * preset.unet_steps_per_epoch,
-                          train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
-            accelerator.wait_for_everyone()
-        bar.close()
-        unet = accelerator.unwrap_model(model)
-        accelerator.free_memory()
-        del model, optimizer
+            return val
+
+        def unet_save(raw, optimizer):
+            without_local_path(raw).save_pretrained(unet_dir, safe_serialization=True)
+            _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
+            _save_state(ckpt / "unet_ema.pt", ema.state_dict())
+
+        unet = _train_stage(accelerator, "unet", unet, optimizer, state=state, epochs=preset.unet_epochs,
+                            steps_per_epoch=preset.unet_steps_per_epoch, seed=seed, step_loss=unet_loss,
+                            validate=unet_validate, save=unet_save, log=log, progress_path=progress_path,
+                            progress=progress, desc="diffusion unet",
+                            after_step=lambda model: ema.step(accelerator.unwrap_model(model).parameters()))
+        del optimizer
     unet_seconds = time.time() - t_unet
     ema.copy_to(unet.parameters())  # the bundle ships the EMA weights
     unet = unet.cpu().eval()
