@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import sys
 import time
 import uuid
@@ -560,6 +561,26 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
         return _write_locked(target, cases, name, fingerprint, num_processes, montage_fn, progress, allow_failed,
                              tqdm, shard)
+
+
+def run_summary(summary_csv: Path) -> str | None:
+    """One line for the end of a run, from its summary.csv: the median and the worst final similarity (the final
+    Mattes MI relative to the reference's own, 1 = as similar as the reference to itself; comparable between
+    cases) over every registered phase, with the worst's case and phase, and the number flagged. None without a
+    summary (a shard, or no moving phase)."""
+    summary_csv = Path(summary_csv)
+    if not summary_csv.is_file():
+        return None
+    with open(summary_csv, newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("similarity") not in (None, "", "None")]
+    if not rows:
+        return None
+    values = [float(r["similarity"]) for r in rows]
+    worst = rows[values.index(min(values))]
+    flagged = sum(1 for r in rows if r.get("flagged"))
+    return (f"registration QA of {len(rows)} phases: final similarity median {statistics.median(values):.2f}, worst "
+            f"{min(values):.2f} ({worst['case']} {worst['phase']}); {flagged} flagged (1 = as similar as the "
+            f"reference phase to itself; per phase in {summary_csv})")
 
 
 def _report_flagged(records: list[dict], qa_root: Path, summary: Path | None, allow_failed: bool, target: Path

@@ -42,6 +42,28 @@ def test_the_montage_function_passed_in_draws_every_cases_qa_picture(registered)
     assert height > 0.9 * width
 
 
+def test_the_run_summary_line_names_the_median_and_the_worst_phase(registered):
+    """diff4mm_register's last QA line (issue #20): median and worst final similarity over every registered phase,
+    the worst's case and phase, the number flagged; the figures are those of summary.csv."""
+    import csv
+    import statistics
+
+    from registration.nnunet_raw import run_summary
+
+    _, target = registered
+    summary = target / "diff4mm" / "registration" / "summary.csv"
+    with open(summary, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    values = [float(r["similarity"]) for r in rows]
+    worst = rows[values.index(min(values))]
+    line = run_summary(summary)
+    assert line.startswith(f"registration QA of {len(rows)} phases: final similarity median "
+                           f"{statistics.median(values):.2f}, worst {min(values):.2f} "
+                           f"({worst['case']} {worst['phase']}); 0 flagged")
+    assert len(rows) == 9 and "\n" not in line  # 3 cases x 3 moving phases
+    assert run_summary(target / "no_such_summary.csv") is None
+
+
 def test_layout_and_dataset_json_follow_nnunet(registered):
     root, target = registered
     assert target.name == "Dataset503_Reg"

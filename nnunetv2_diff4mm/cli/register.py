@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from registration.inputs import DEFAULT_PHASES, DEFAULT_REFERENCE
 from registration.nnunet_raw import (FLAGGED_EXIT_CODE, MIN_REGION_INSIDE, MIN_RELATIVE_SIMILARITY, MIN_SIMILARITY,
-                                     RegistrationFlaggedError, nnunet_roots_from_env, write_registered_dataset)
+                                     RegistrationFlaggedError, nnunet_roots_from_env, run_summary,
+                                     write_registered_dataset)
 from registration.register import RegistrationSettings
 
 from ..visualization import registration_montage
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       other_roots=nnunet_roots_from_env(),
                                       allow_failed=args.allow_failed, shard=args.shard)
     if args.shard is None:
+        line = run_summary(target / "diff4mm" / "registration" / "summary.csv")
+        if line:
+            print(line)
         print(f"nnU-Net raw dataset: {target} (QA in {target / 'diff4mm' / 'registration'})")
     return 0
 
