@@ -14,9 +14,7 @@ class DeviceError(RuntimeError):
 def resolve_device(device="auto"):
     import torch  # here, so that importing this module (e.g. for a CLI's --help) does not load torch
 
-    if isinstance(device, torch.device):
-        device = str(device)
-    device = str(device)
+    device = str(device)  # a torch.device too
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
