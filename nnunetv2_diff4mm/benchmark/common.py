@@ -99,9 +99,9 @@ PRESETS = {
     "cpu": Preset("cpu", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMDemo", "Diff4MMTrainer_Demo", tta=False,
                   device="cpu", inpainter_args=("--preset", "tiny", "--epochs", "6"),
                   synthesizer_args=("--preset", "cpu", "--epochs", "20")),
-    # CPU evidence: the 2d configuration of the CPU plans, on a schedule long enough for arm (b) to find tumors
-    # (benchmarks/schedule_curve.py on a validation fold; docs/decisions.md, Evidence), the default inpainter and
-    # a half-length default synthesizer per job
+    # CPU evidence: the 2d configuration of the CPU plans, on a schedule chosen on a validation fold's curve
+    # (benchmarks/schedule_curve.py) on which arm (b) found tumors with 3 labelled cases but not with 19
+    # (docs/decisions.md, Evidence), the cpu inpainter and a half-length cpu synthesizer per job
     "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidence", "Diff4MMTrainer_Evidence",
                        tta=False, device="cpu", inpainter_args=("--preset", "cpu"),
                        synthesizer_args=("--preset", "cpu", "--epochs", "10"), configuration="2d",

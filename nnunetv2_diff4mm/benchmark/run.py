@@ -45,8 +45,8 @@ from .. import conventions
 from ..evaluation import metrics as M
 from ..evaluation import report
 from ..splits import prepare_splits
-from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, LEGACY_PRESETS, arm_trainer, PRESETS, BenchmarkError, BenchmarkSettings, Job, Roots,
-                     dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
+from .common import (ARM_BY_KEY, DERIVED_ID_OFFSET, LEGACY_PRESETS, PRESETS, BenchmarkError, BenchmarkSettings,
+                     Job, Roots, arm_trainer, dataset_id_and_name, dataset_is_registered, method_labels, read_dataset_json,
                      reference_channel, refcopy_method, reported_pairs, test_cases, training_cases)
 from .derived import (_check_id_free, derive_reference_phase_dataset, derived_dataset_name, plan_and_preprocess,
                       prepare_derived_preprocessed, preprocessing_complete, write_reference_copied_inputs)
