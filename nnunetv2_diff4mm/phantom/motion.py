@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from scipy.spatial.transform import Rotation
 
 from .anatomy import BodyShape
-from .config import MAX_CRANIOCAUDAL_SHIFT_MM  # noqa: F401 (its home is the light settings module)
+from .config import MAX_CRANIOCAUDAL_SHIFT_MM
 from .grid import Grid, smooth_noise
 
 FIELD_SPACING_MM = 6.0  # composition error of field and inverse: mean 0.05 mm, max 0.4 mm
