@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from registration.image_io import write_atomic, write_json_atomic
+from registration.image_io import write_json_atomic
 
-from .bundle import BUNDLE_JSON, BundleError, save_bundle, without_local_path
+from .bundle import BUNDLE_JSON, BundleError, save_bundle
+from .checkpoints import load_state, remove_checkpoint, write_checkpoint
 from .devices import resolve_device
 from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
@@ -277,32 +278,28 @@ class _Log:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def _save_state(path: Path, state: dict) -> None:
-    write_atomic(path, lambda handle: torch.save(state, handle), binary=True)
-
-
 def _resume_fix(work: Path) -> str:
     return f"delete {work} (the interrupted training) to train afresh, or restore the file"
 
 
-def _load_state(path: Path) -> dict:
-    """A checkpoint's optimizer/EMA state (weights_only: no pickled code); a missing, truncated or rejected file
-    is a BundleError naming it, not a traceback."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip, EOF and runtime errors alike
-        raise BundleError(f"{path}: cannot resume from it ({_first_line(err)}); "
-                          f"{_resume_fix(path.parent.parent)}") from None
-
-
-def _load_into(target, path: Path) -> None:
-    """optimizer/EMA ``load_state_dict`` from a checkpoint file; a state of another model is a BundleError."""
-    state = _load_state(path)
+def _load_into(target, path: Path, work: Path) -> None:
+    """optimizer/EMA ``load_state_dict`` from a checkpoint file; a missing, truncated or rejected file, or a state
+    of another model, is a BundleError naming it and how to start afresh."""
+    state = load_state(path, BundleError, _resume_fix(work))
     try:
         target.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
-        raise BundleError(f"{path}: does not fit this model ({_first_line(err)}); "
-                          f"{_resume_fix(path.parent.parent)}") from None
+        raise BundleError(f"{path}: does not fit this model ({_first_line(err)}); {_resume_fix(work)}") from None
+
+
+def _stage_checkpoint(ckpt: Path, state: dict, stage: str) -> tuple[Path, str, str]:
+    """Where a stage resumes from: (model folder, optimizer file, EMA file) of the checkpoint that progress.json
+    names (synthesis/checkpoints.py); a run interrupted before that record existed resumes from the folder layout
+    it wrote then."""
+    name = state.get("checkpoints", {}).get(stage)
+    if name:
+        return ckpt / name / "model", ckpt / name / "optimizer.pt", ckpt / name / "ema.pt"
+    return ckpt / stage, ckpt / f"{stage}_optimizer.pt", ckpt / f"{stage}_ema.pt"
 
 
 def _first_line(err: BaseException) -> str:
@@ -321,13 +318,14 @@ def _read_json(path: Path, fix: str) -> dict:
 
 
 def _train_stage(accelerator, stage: str, model, optimizer, *, state: dict, epochs: int, steps_per_epoch: int,
-                 seed: int, step_loss, validate, save, log: "_Log", progress_path: Path, progress: bool,
-                 after_step=None, desc: str | None = None):
+                 seed: int, step_loss, validate, checkpoint_states, ckpt: Path, log: "_Log", progress_path: Path,
+                 progress: bool, after_step=None, desc: str | None = None):
     """One epoch loop for both synthesizer stages (autoencoder, diffusion UNet), from epoch ``state[stage]`` to
     ``epochs``. Per step: ``step_loss(model, rng, generator)`` -> loss, backward, clip, optimizer step,
     ``after_step(model)`` (the UNet's EMA). Per epoch: ``validate(model)`` -> validation loss, then on the main
-    process ``save(model)`` (weights and optimizer state), ``state[stage] = epoch + 1`` in progress.json and a line
-    of log.csv: the resume point. The epoch's random streams derive from (seed, stage, epoch, process), so a
+    process a checkpoint ``ckpt/<stage>_epoch_NNNN`` (the model and ``checkpoint_states(optimizer)``, written whole
+    by synthesis/checkpoints.py), then ``state[stage] = epoch + 1`` and the checkpoint's name in progress.json, a
+    line of log.csv, and the previous checkpoint removed: the resume point. The epoch's random streams derive from (seed, stage, epoch, process), so a
     resumed run draws what an uninterrupted one would. Returns the unwrapped model."""
     from tqdm import tqdm
 
@@ -354,8 +352,12 @@ def _train_stage(accelerator, stage: str, model, optimizer, *, state: dict, epoc
         val = validate(accelerator.unwrap_model(model))
         state[stage] = epoch + 1
         if main:
-            save(accelerator.unwrap_model(model), optimizer)
+            name = f"{stage}_epoch_{epoch + 1:04d}"
+            write_checkpoint(ckpt, name, {"model": accelerator.unwrap_model(model)}, checkpoint_states(optimizer))
+            checkpoints = state.setdefault("checkpoints", {})
+            previous, checkpoints[stage] = checkpoints.get(stage), name
             write_json_atomic(progress_path, state)
+            remove_checkpoint(ckpt, previous, keep=name)
             log.write(stage=stage, epoch=epoch + 1, steps=(epoch + 1) * steps_per_epoch,
                       train_loss=float(np.mean(losses)), val_loss=val, seconds=time.time() - start)
         accelerator.wait_for_everyone()
@@ -437,8 +439,10 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
     progress_path = work / "progress.json"
     state = (_read_json(progress_path, _resume_fix(work)) if progress_path.exists()
              else {"autoencoder": 0, "unet": 0})
-    if not all(isinstance(state.get(k), int) for k in ("autoencoder", "unet")):
-        raise BundleError(f"{progress_path}: needs integer 'autoencoder' and 'unet' epoch counts; "
+    if not all(isinstance(state.get(k), int) for k in ("autoencoder", "unet")) or not isinstance(
+            state.get("checkpoints", {}), dict):
+        raise BundleError(f"{progress_path}: needs integer 'autoencoder' and 'unet' epoch counts (and a "
+                          f"'checkpoints' mapping); "
                           f"{_resume_fix(work)}")
 
     # ---- data ---------------------------------------------------------------------------------------------
@@ -472,7 +476,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
         torch.manual_seed(seed)
         ae = ROIAutoencoderKL(in_channels=len(phases), latent_channels=preset.latent_channels,
                               channels=preset.ae_channels, norm_num_groups=preset.ae_norm_groups)
-    ae_dir = ckpt / "autoencoder"
+    ae_dir, ae_optimizer, _ = _stage_checkpoint(ckpt, state, "autoencoder")
     if state["autoencoder"] > 0:
         ae = ROIAutoencoderKL.from_pretrained(ae_dir, use_safetensors=True)
     val_rois = [_roi_sample(c, centre, size, (False,) * 3) for c in val_cases
@@ -482,7 +486,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
     if state["autoencoder"] < preset.ae_epochs:
         optimizer = torch.optim.AdamW(ae.parameters(), lr=preset.ae_lr)
         if state["autoencoder"] > 0:
-            _load_into(optimizer, ckpt / "autoencoder_optimizer.pt")
+            _load_into(optimizer, ae_optimizer, work)
         ae_jitter = max(jitter, (size - preset.ae_patch_vox) // 2)
 
         def ae_loss(model, rng, gen):
@@ -491,14 +495,11 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
             recon, posterior = model(x, generator=gen)
             return ((recon - x).abs() * w).mean() / w.mean() + preset.kl_weight * posterior.kl().mean()
 
-        def ae_save(model, optimizer):
-            without_local_path(model).save_pretrained(ae_dir, safe_serialization=True)
-            _save_state(ckpt / "autoencoder_optimizer.pt", optimizer.state_dict())
-
         ae = _train_stage(accelerator, "autoencoder", ae, optimizer, state=state, epochs=preset.ae_epochs,
                           steps_per_epoch=preset.ae_steps_per_epoch, seed=seed, step_loss=ae_loss,
                           validate=lambda model: _ae_validation(model, val_images, accelerator.device),
-                          save=ae_save, log=log, progress_path=progress_path, progress=progress)
+                          checkpoint_states=lambda optimizer: {"optimizer.pt": optimizer.state_dict()}, ckpt=ckpt,
+                          log=log, progress_path=progress_path, progress=progress)
         del optimizer
     ae = ae.to(accelerator.device).eval()
     ae_seconds = time.time() - t_ae
@@ -522,7 +523,7 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
 
     # ---- stage 2: diffusion UNet ----------------------------------------------------------------------------
     ddpm, ddim = make_noise_scheduler(preset.prediction_type)
-    unet_dir = ckpt / "unet"
+    unet_dir, unet_optimizer, unet_ema = _stage_checkpoint(ckpt, state, "unet")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         unet = MaskConditionedUNet(latent_channels=preset.latent_channels, channels=preset.unet_channels,
@@ -535,12 +536,12 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
     ema = EMAModel(unet.parameters(), decay=preset.ema_max_decay, use_ema_warmup=True, inv_gamma=1.0,
                    power=3 / 4)
     if state["unet"] > 0:
-        _load_into(ema, ckpt / "unet_ema.pt")
+        _load_into(ema, unet_ema, work)
     t_unet = time.time()
     if state["unet"] < preset.unet_epochs:
         optimizer = torch.optim.AdamW(unet.parameters(), lr=preset.unet_lr)
         if state["unet"] > 0:
-            _load_into(optimizer, ckpt / "unet_optimizer.pt")
+            _load_into(optimizer, unet_optimizer, work)
         ema.to(accelerator.device)
         x0_all, cond_all, mask_all = (x0_of(train_cache), train_cache["normal"] * scaling_factor,
                                       train_cache["mask"])
@@ -562,14 +563,11 @@ def train_synthesizer(cases, out_dir, preset: str | Preset = "cpu", device: str 
             ema.restore(raw.parameters())
             return val
 
-        def unet_save(raw, optimizer):
-            without_local_path(raw).save_pretrained(unet_dir, safe_serialization=True)
-            _save_state(ckpt / "unet_optimizer.pt", optimizer.state_dict())
-            _save_state(ckpt / "unet_ema.pt", ema.state_dict())
-
         unet = _train_stage(accelerator, "unet", unet, optimizer, state=state, epochs=preset.unet_epochs,
                             steps_per_epoch=preset.unet_steps_per_epoch, seed=seed, step_loss=unet_loss,
-                            validate=unet_validate, save=unet_save, log=log, progress_path=progress_path,
+                            validate=unet_validate, ckpt=ckpt, log=log, progress_path=progress_path,
+                            checkpoint_states=lambda optimizer: {"optimizer.pt": optimizer.state_dict(),
+                                                                 "ema.pt": ema.state_dict()},
                             progress=progress, desc="diffusion unet",
                             after_step=lambda model: ema.step(accelerator.unwrap_model(model).parameters()))
         del optimizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -592,7 +593,11 @@ def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeyp
     monkeypatch.setattr(training, "_unet_validation", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
-    assert json.loads((tmp_path / "resumed/training/progress.json").read_text(encoding="utf-8")) == {"autoencoder": 2, "unet": 1}
+    assert json.loads((tmp_path / "resumed/training/progress.json").read_text(encoding="utf-8")) == {
+        "autoencoder": 2, "unet": 1, "checkpoints": {"autoencoder": "autoencoder_epoch_0002", "unet": "unet_epoch_0001"}}
+    # one checkpoint per stage is kept: the one the record names
+    assert sorted(p.name for p in (tmp_path / "resumed/training/checkpoint").iterdir()) == [
+        "autoencoder_epoch_0002", "unet_epoch_0001"]
     monkeypatch.setattr(training, "_unet_validation", real_validation)
     training.train_synthesizer(cases, tmp_path / "resumed", **kwargs)
     log = (tmp_path / "resumed/training/log.csv").read_text(encoding="utf-8").splitlines()
@@ -602,4 +607,25 @@ def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeyp
     for name in ("autoencoder", "unet"):
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+    # interrupted after the second UNet epoch's checkpoint was written but before progress.json recorded it (the
+    # synthesizer used to overwrite its weights in place first: it then resumed epoch 1's count with epoch 2's
+    # weights and trained a third epoch's worth); resumed, the bundle is still the uninterrupted one
+    real_write, writes = training.write_json_atomic, []
+
+    def crash_before_recording_unet_epoch_2(path, data, *args, **kw):
+        if Path(path).name == "progress.json" and data.get("unet") == 2:
+            raise KeyboardInterrupt
+        return real_write(path, data, *args, **kw)
+
+    monkeypatch.setattr(training, "write_json_atomic", crash_before_recording_unet_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_synthesizer(cases, tmp_path / "cut", **kwargs)
+    assert (tmp_path / "cut/training/checkpoint/unet_epoch_0002").is_dir()  # written, not recorded
+    monkeypatch.setattr(training, "write_json_atomic", real_write)
+    training.train_synthesizer(cases, tmp_path / "cut", **kwargs)
+    c = load_bundle(tmp_path / "cut")
+    for name in ("autoencoder", "unet"):
+        sa, sc = getattr(a, name).state_dict(), getattr(c, name).state_dict()
+        assert all(torch.equal(sa[k], sc[k]) for k in sa), name
 

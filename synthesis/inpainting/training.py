@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from registration.image_io import write_atomic, write_json_atomic
 from registration.nnunet_raw import LockOwner, dataset_lock
 
-from ..bundle import without_local_path
+from ..checkpoints import load_state, remove_checkpoint, write_checkpoint
 from ..devices import resolve_device
 from ..intensity import normalize_hu
 from ..masks import random_liver_blob_masks
@@ -275,11 +274,7 @@ def _train_inpainter(cases, out_dir, *, epochs, steps_per_epoch, device, seed, p
         model = FFCInpainter(**preset.model_config(order)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.learning_rate)
     if state["checkpoint"]:
-        try:
-            optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER_FILE, map_location=device, weights_only=True))
-        except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip, EOF and runtime errors alike
-            raise InpaintingError(f"{ckpt / OPTIMIZER_FILE}: cannot resume from this optimizer state "
-                                  f"({_first_line(err)}); {fix}") from None
+        optimizer.load_state_dict(load_state(ckpt / OPTIMIZER_FILE, InpaintingError, fix))
 
     volumes = [v for v in (_training_volume(ph, lab, order, preset) for ph, lab in cases) if v is not None]
     if not volumes:
@@ -312,20 +307,15 @@ def _train_inpainter(cases, out_dir, *, epochs, steps_per_epoch, device, seed, p
         history.append({"epoch": epoch + 1, "loss": round(float(mean[0]), 6), "l1": round(float(mean[1]), 6),
                         "texture": round(float(mean[2]), 6),
                         "seconds": round(time.perf_counter() - started, 2)})
+        # the package's one checkpoint mechanism (synthesis/checkpoints.py): whole checkpoint, then the record
         name = f"{CHECKPOINT_FOLDER}/epoch_{epoch + 1:04d}"
-        (out_dir / CHECKPOINT_FOLDER).mkdir(exist_ok=True)
-        ckpt = out_dir / name
-        staging = out_dir / CHECKPOINT_FOLDER / ".partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        without_local_path(model).save_pretrained(staging / MODEL_FOLDER, safe_serialization=True)
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        os.replace(staging, ckpt)
+        write_checkpoint(out_dir / CHECKPOINT_FOLDER, f"epoch_{epoch + 1:04d}", {MODEL_FOLDER: model},
+                         {OPTIMIZER_FILE: optimizer.state_dict()})
         previous = state["checkpoint"]
         state.update(epochs_done=epoch + 1, checkpoint=name, history=history, finished=False)
         write_json_atomic(out_dir / STATE_FILE, state)
         _write_loss_csv(out_dir / LOSS_FILE, history)
-        if previous and previous != name:
-            shutil.rmtree(out_dir / previous, ignore_errors=True)
+        remove_checkpoint(out_dir, previous, keep=name)
     bar.close()
     model.eval()
     _save_model_folder(model, out_dir / MODEL_FOLDER)
