@@ -99,10 +99,12 @@ PRESETS = {
     "cpu": Preset("cpu", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMDemo", "Diff4MMTrainer_Demo", tta=False,
                   device="cpu", inpainter_args=("--preset", "tiny", "--epochs", "6"),
                   synthesizer_args=("--preset", "cpu", "--epochs", "20")),
-    # CPU evidence: the 2d configuration of the CPU plans, on a schedule chosen on a validation fold's curve
-    # (benchmarks/schedule_curve.py) on which arm (b) found tumors with 3 labelled cases but not with 19
-    # (docs/decisions.md, Evidence), the cpu inpainter and a half-length cpu synthesizer per job
-    "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidence", "Diff4MMTrainer_Evidence",
+    # CPU evidence: the 2d configuration of the CPU plans, on the 80 x 25 schedule chosen on a validation fold's
+    # curve (benchmarks/schedule_curve.py; 50 x 25 found tumors with 3 labelled cases but not with 19:
+    # docs/decisions.md, Evidence), the cpu inpainter and a half-length cpu synthesizer per job. The 50 x 25
+    # trainers (nnUNetTrainer_Diff4MMEvidence, Diff4MMTrainer_Evidence) reproduce the earlier runs via --trainers.
+    "evidence": Preset("evidence", "Diff4MMCPUPlans", "nnUNetTrainer_Diff4MMEvidenceLong",
+                       "Diff4MMTrainer_EvidenceLong",
                        tta=False, device="cpu", inpainter_args=("--preset", "cpu"),
                        synthesizer_args=("--preset", "cpu", "--epochs", "10"), configuration="2d",
                        reference_copy_eval=True),

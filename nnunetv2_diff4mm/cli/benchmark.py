@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset_argument(parser, tuple(PRESETS), LEGACY_PRESETS, "cpu",
                         help="cpu: plans Diff4MMCPUPlans, trainers nnUNetTrainer_Diff4MMDemo / Diff4MMTrainer_Demo "
                              "(short schedule), test-time mirroring off for CPU speed; evidence: the same plans, "
-                             "2d, trainers nnUNetTrainer_Diff4MMEvidence / Diff4MMTrainer_Evidence (1250 iterations: "
-                             "nnU-Net found the phantom's tumors with 3 labelled cases, not with 19; "
-                             "docs/decisions.md); gpu: nnUNetPlans, "
+                             "2d, trainers nnUNetTrainer_Diff4MMEvidenceLong / Diff4MMTrainer_EvidenceLong (80 x 25 "
+                             "iterations, chosen on a validation curve on which nnU-Net found the phantom's tumors "
+                             "from epoch 31 with 19 labelled cases; docs/decisions.md); gpu: nnUNetPlans, "
                              "nnUNetTrainer / Diff4MMTrainer, mirroring on (default: cpu; 'default' is the old name "
                              "of gpu)")
     parser.add_argument("-c", "--configuration", default=None,

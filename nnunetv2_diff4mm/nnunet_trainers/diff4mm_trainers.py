@@ -50,6 +50,12 @@ CURVE_SCHEDULE = (80, 25, 10)
 # curve of a validation fold (benchmarks/schedule_curve.py, 80 x 25) arm (b)'s tumor pseudo-Dice was 0 up to 800
 # iterations and 0.63-0.76 from 825 on; 1250 iterations leave a margin (docs/decisions.md, Evidence).
 EVIDENCE_SCHEDULE = (50, 25, 10)
+# The long CPU evidence schedule (the evidence preset since 2026-12-07): 80 x 25, the curve's own. With all 19
+# training cases of fold 0, arm (b) on 50 x 25 never reached the tumor onset (validation pseudo-Dice 0 in all 50
+# epochs), while on 80 x 25 it did at epoch 31 (0.67-0.76 from there): the poly learning rate of the shorter
+# schedule has decayed by a third more at the same iteration. Chosen on that validation curve (docs/decisions.md).
+# New trainer names, so that no results folder trained on 50 x 25 is reused under the longer schedule.
+EVIDENCE_LONG_SCHEDULE = CURVE_SCHEDULE
 
 
 class nnUNetTrainer_Diff4MMDemo(EpochProgress, nnUNetTrainer):
@@ -100,6 +106,24 @@ class Diff4MMTrainer_Evidence(Diff4MMTrainer):
         _set_schedule(self, *EVIDENCE_SCHEDULE)
 
 
+class nnUNetTrainer_Diff4MMEvidenceLong(EpochProgress, nnUNetTrainer):
+    """nnUNetTrainer on the long CPU evidence schedule, 80 x 25 (baseline arms of --preset evidence)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _set_schedule(self, *EVIDENCE_LONG_SCHEDULE)
+
+
+class Diff4MMTrainer_EvidenceLong(Diff4MMTrainer_Evidence):
+    """Diff4MMTrainer on exactly nnUNetTrainer_Diff4MMEvidenceLong's schedule (arm (c) of --preset evidence)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _set_schedule(self, *EVIDENCE_LONG_SCHEDULE)
+
+
 class Diff4MMTrainer_EvidenceSynthetic25(Diff4MMTrainer_Evidence):
     """Diff4MMTrainer_Evidence with a quarter of the samples synthetic instead of half: on the evidence schedule
     the tumor onset of (c) at 0.5 came ~14 epochs after (b)'s, at the very end of training (docs/decisions.md,
@@ -117,6 +141,10 @@ class Diff4MMTrainer_EvidenceMedianFill(Diff4MMTrainer_Evidence):
     """Diff4MMTrainer_Evidence under another name, for the benchmark's ablation arm (m) (see the Demo variant)."""
 
 
+class Diff4MMTrainer_EvidenceLongMedianFill(Diff4MMTrainer_EvidenceLong):
+    """Diff4MMTrainer_EvidenceLong under another name, for the benchmark's ablation arm (m)."""
+
+
 class Diff4MMTrainerMedianFill(Diff4MMTrainer):
     """Diff4MMTrainer under another name, for the benchmark's ablation arm (m) with the default preset."""
 
@@ -124,5 +152,6 @@ class Diff4MMTrainerMedianFill(Diff4MMTrainer):
 __all__ = ["Diff4MMTrainer", "Diff4MMTrainer_synthetic25", "Diff4MMTrainer_synthetic75",
            "Diff4MMTrainer_noSynthesis", "Diff4MMTrainer_250epochs", "nnUNetTrainer_Diff4MMDemo",
            "Diff4MMTrainer_Demo", "nnUNetTrainer_Diff4MMCurve", "nnUNetTrainer_Diff4MMEvidence",
-           "Diff4MMTrainer_Evidence", "Diff4MMTrainer_EvidenceSynthetic25", "Diff4MMTrainer_DemoMedianFill", "Diff4MMTrainer_EvidenceMedianFill",
-           "Diff4MMTrainerMedianFill"]
+           "Diff4MMTrainer_Evidence", "Diff4MMTrainer_EvidenceSynthetic25", "Diff4MMTrainer_DemoMedianFill",
+           "Diff4MMTrainer_EvidenceMedianFill", "nnUNetTrainer_Diff4MMEvidenceLong", "Diff4MMTrainer_EvidenceLong",
+           "Diff4MMTrainer_EvidenceLongMedianFill", "Diff4MMTrainerMedianFill"]
