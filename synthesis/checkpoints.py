@@ -58,6 +58,10 @@ def load_state(path, error: type[Exception], fix: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises pickle, zip, EOF and runtime errors alike
-        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-        reason = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-        raise error(f"{path}: cannot resume from it ({reason}); {fix}") from None
+        raise error(f"{path}: cannot resume from it ({first_line(err)}); {fix}") from None
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line for an error message: its type and the first non-empty line of its text."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__

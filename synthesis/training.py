@@ -42,7 +42,7 @@ from scipy import ndimage
 from registration.image_io import write_json_atomic
 
 from .bundle import BUNDLE_JSON, BundleError, save_bundle
-from .checkpoints import load_state, remove_checkpoint, write_checkpoint
+from .checkpoints import first_line as _first_line, load_state, remove_checkpoint, write_checkpoint
 from .devices import resolve_device
 from .enhancement import EnhancementBank, measure_patterns, resampled_condition
 from .models.conditional_unet import MaskConditionedUNet
@@ -300,11 +300,6 @@ def _stage_checkpoint(ckpt: Path, state: dict, stage: str) -> tuple[Path, str, s
     if name:
         return ckpt / name / "model", ckpt / name / "optimizer.pt", ckpt / name / "ema.pt"
     return ckpt / stage, ckpt / f"{stage}_optimizer.pt", ckpt / f"{stage}_ema.pt"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
 
 
 def _read_json(path: Path, fix: str) -> dict:

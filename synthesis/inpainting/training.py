@@ -21,7 +21,7 @@ from tqdm import tqdm
 from registration.image_io import write_atomic, write_json_atomic
 from registration.nnunet_raw import LockOwner, dataset_lock
 
-from ..checkpoints import load_state, remove_checkpoint, write_checkpoint
+from ..checkpoints import first_line as _first_line, load_state, remove_checkpoint, write_checkpoint
 from ..devices import resolve_device
 from ..intensity import normalize_hu
 from ..masks import random_liver_blob_masks
@@ -171,11 +171,6 @@ def _write_loss_csv(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
     write_atomic(path, write)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
 
 
 def _check_training_cases(cases) -> list[str]:
