@@ -20,7 +20,7 @@ class BuildPyWithPth(build_py):
 
 setup(
     name="nnunetv2-diff4mm",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "nnU-Net v2 plugin: multi-phase liver CT pre-registration, normal-CT inpainting and latent-diffusion "
         "tumor synthesis (Diff4MMLiTS, arXiv 2412.20418)"

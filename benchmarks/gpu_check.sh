@@ -25,7 +25,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 step "CPU stages of the demo"
 secs diff4mm_demo -o "$W/demo" --stop-after "normal CTs" -np "$NP"
 RAW=$nnUNet_raw/Dataset501_Diff4MMPhantom
-BUNDLE=$RAW/diff4mm/synthesizer
+BUNDLE=$nnUNet_results/Dataset501_Diff4MMPhantom/diff4mm/synthesizer
 
 step "synthesizer training, default preset, cuda"
 secs diff4mm_train_synthesizer -d 501 -o "$BUNDLE" --preset cpu --device cuda

@@ -1,17 +1,25 @@
 """Where the plugin keeps its files, next to nnU-Net's own (nnU-Net conventions first).
 
-Everything the plugin derives from a raw dataset lives INSIDE the dataset folder, under `diff4mm/`: nnU-Net
-identifies datasets by the `DatasetXXX_` prefix of folders in nnUNet_raw, so a sibling folder such as
+nnU-Net keeps data in nnUNet_raw, derived arrays in nnUNet_preprocessed and trained models in nnUNet_results;
+the plugin follows it. Its files for a dataset live in a `diff4mm/` subfolder of the dataset's folder in each
+root: nnU-Net identifies datasets by the `DatasetXXX_` prefix of folders, so a sibling folder such as
 `Dataset501_X_normal` would make dataset 501 ambiguous, while a subfolder is ignored by nnU-Net.
 
     $nnUNet_raw/DatasetXXX_NAME/imagesTr, labelsTr, imagesTs, dataset.json   registered phases (diff4mm_register)
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/registration/                        registration QA and transforms
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/normal/imagesTr/<case>_000k.nii.gz   tumor-free phases (diff4mm_inpaint)
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/normal/labelsTr/<case>.nii.gz        their liver masks (1 = liver)
-    $nnUNet_raw/DatasetXXX_NAME/diff4mm/synthesizer/                         default synthesis bundle
-    $nnUNet_raw/DatasetXXX_NAME/diff4mm/{inpainter,normal,synthesizer}_foldF/ the same, trained only on the
+    $nnUNet_results/DatasetXXX_NAME/diff4mm/inpainter/                       trained inpainter
+    $nnUNet_results/DatasetXXX_NAME/diff4mm/synthesizer/                     default synthesis bundle
+    ..._foldF/ (inpainter, normal, synthesizer)                              the same, trained only on the
                                                                              training cases of nnU-Net fold F
     $nnUNet_preprocessed/DatasetXXX_NAME/diff4mm/<plans>_<configuration>/    normal CTs in preprocessed space, pool
+
+The normal CTs stay in nnUNet_raw: they are images in the raw dataset's own layout and grid (channels, spacing,
+names), read by the synthesizer's training and by the trainer's cache, and a user inspects them beside the phases
+they were made from; nnUNet_preprocessed holds nnU-Net's arrays of them. Models that version 0.1 wrote into
+`$nnUNet_raw/DatasetXXX_NAME/diff4mm/{inpainter,synthesizer}[_foldF]` are still found there, with a one-line
+notice, when the new location does not exist.
 
 Environment overrides: DIFF4MM_BUNDLE (a bundle folder), DIFF4MM_NORMAL_DIR (a normal/ folder).
 Diff4MMTrainer on fold F uses the `_foldF` folders where they exist, else the shared ones, and refuses models that
@@ -20,6 +28,7 @@ were trained on any of fold F's validation cases (DIFF4MM_ALLOW_LEAK=1 overrides
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 SUBFOLDER = "diff4mm"
@@ -44,8 +53,45 @@ def _fold_suffix(fold) -> str:
     return "" if fold is None else f"_fold{fold}"
 
 
-def inpainter_folder(raw_folder: Path, fold=None) -> Path:
-    return Path(raw_folder) / SUBFOLDER / f"inpainter{_fold_suffix(fold)}"
+_NOTICED: set[Path] = set()
+
+
+def models_folder(raw_folder: Path, results_root: Path | None = None) -> Path:
+    """`$nnUNet_results/DatasetXXX_NAME/diff4mm` (or `results_root/...`): where the plugin's trained models of a
+    dataset go."""
+    from nnunetv2.paths import nnUNet_results
+
+    if results_root is not None:
+        return Path(results_root) / Path(raw_folder).name / SUBFOLDER
+    if not nnUNet_results.is_set():
+        raise RuntimeError(f"nnUNet_results is not set: the trained models of {Path(raw_folder).name} go to "
+                           f"$nnUNet_results/{Path(raw_folder).name}/{SUBFOLDER}; set it as for nnU-Net "
+                           "(documentation/setting_up_paths.md) or pass -o/--output")
+    return Path(nnUNet_results.require()) / Path(raw_folder).name / SUBFOLDER
+
+
+def _model_folder(raw_folder: Path, name: str, results_root: Path | None = None) -> Path:
+    """The model folder `name` under nnUNet_results, or its version-0.1 location in nnUNet_raw when only that
+    exists (one notice per folder and process)."""
+    legacy = Path(raw_folder) / SUBFOLDER / name
+    from nnunetv2.paths import nnUNet_results
+
+    if results_root is None and not nnUNet_results.is_set() and legacy.exists():
+        current = None
+    else:
+        current = models_folder(raw_folder, results_root) / name
+        if current.exists() or not legacy.exists():
+            return current
+    if legacy not in _NOTICED:
+        _NOTICED.add(legacy)
+        where = f"move it to {current} " if current else "move it to $nnUNet_results/... "
+        print(f"Diff4MM: using {legacy}, a model in nnUNet_raw where version 0.1 wrote it; {where}"
+              "to silence this", file=sys.stderr)
+    return legacy
+
+
+def inpainter_folder(raw_folder: Path, fold=None, results_root: Path | None = None) -> Path:
+    return _model_folder(raw_folder, f"inpainter{_fold_suffix(fold)}", results_root)
 
 
 def normal_folder(raw_folder: Path, fold=None) -> Path:
@@ -53,9 +99,9 @@ def normal_folder(raw_folder: Path, fold=None) -> Path:
     return Path(env) if env else Path(raw_folder) / SUBFOLDER / f"normal{_fold_suffix(fold)}"
 
 
-def bundle_folder(raw_folder: Path, fold=None) -> Path:
+def bundle_folder(raw_folder: Path, fold=None, results_root: Path | None = None) -> Path:
     env = os.environ.get(ENV_BUNDLE)
-    return Path(env) if env else Path(raw_folder) / SUBFOLDER / f"synthesizer{_fold_suffix(fold)}"
+    return Path(env) if env else _model_folder(raw_folder, f"synthesizer{_fold_suffix(fold)}", results_root)
 
 
 def fold_or_shared(folder_fn, raw_folder: Path, fold) -> Path:

@@ -67,8 +67,8 @@ MIN_SIMILARITY = 0.3
 MIN_RELATIVE_SIMILARITY = 0.65
 MIN_REGION_INSIDE = 0.5
 FLAGGED_EXIT_CODE = 3
-# Later stages' outputs inside the dataset folder (every other entry of diff4mm/): made from a registration, kept
-# by --overwrite with a warning. Named here for the warning; per-fold variants (normal_fold0, ...) are matched by
+# Later stages' outputs (every other entry of diff4mm/ in the dataset folder, and of DATASET/diff4mm/ under
+# $nnUNet_results, where the trained models go): made from a registration, kept by --overwrite with a warning. Named here for the warning; per-fold variants (normal_fold0, ...) are matched by
 # their prefix.
 LATER_STAGES = {
     "normal": "normal CTs (diff4mm_inpaint)",
@@ -294,11 +294,15 @@ def _clear_own_outputs(target: Path, old_phases: int | None) -> None:
     for entry in target.iterdir():
         if OWN_TEMP_FILES.fullmatch(entry.name):
             _remove(entry)
-    derived = target / QA_SUBFOLDER.parent
-    for entry in sorted(e for e in derived.iterdir() if not e.name.startswith('.')) if derived.is_dir() else []:
-        what = next((w for stem, w in LATER_STAGES.items() if entry.name.startswith(stem)), "output of a later stage")
-        print(f"warning: {entry}: {what} made from the old registration, kept; delete it and re-run that stage to "
-              "rebuild it from the new registration", file=sys.stderr)
+    # later stages write normal CTs here and their trained models into nnUNet_results (same DATASET/diff4mm/)
+    results = os.environ.get("nnUNet_results")
+    for derived in (target / QA_SUBFOLDER.parent, *([Path(results) / target.name / QA_SUBFOLDER.parent]
+                                                    if results else [])):
+        for entry in sorted(e for e in derived.iterdir() if not e.name.startswith('.')) if derived.is_dir() else []:
+            what = next((w for stem, w in LATER_STAGES.items() if entry.name.startswith(stem)),
+                        "output of a later stage")
+            print(f"warning: {entry}: {what} made from the old registration, kept; delete it and re-run that stage "
+                  "to rebuild it from the new registration", file=sys.stderr)
 
 
 def _check_target(nnunet_raw: Path, dataset_id: int, name: str, fingerprint: dict, overwrite: bool) -> Path:

@@ -560,13 +560,15 @@ def test_arm_c_models_see_only_the_jobs_training_cases(tmp_path, nnunet_env, mon
     splits = json.loads((nnunet_env.preprocessed / raw.name / "splits_final.json").read_text(encoding="utf-8"))
     train, val, test = set(splits[0]["train"]), set(splits[0]["val"]), set(names[4:])
     assert train and val and not train & (val | test)
-    assert set(inpainter_training_cases(raw / "diff4mm" / "inpainter_fold0")) == train
-    assert normal_lineage(raw / "diff4mm" / "normal_fold0") == train
+    models = nnunet_env.results / raw.name / "diff4mm"  # trained models go where nnU-Net keeps its own
+    assert set(inpainter_training_cases(models / "inpainter_fold0")) == train
+    assert normal_lineage(raw / "diff4mm" / "normal_fold0") == train  # derived images stay with the raw data
     normal_cases = {p.name[: -len(".nii.gz")] for p in (raw / "diff4mm" / "normal_fold0" / "labelsTr").iterdir()}
     assert normal_cases == train
-    record = json.loads((raw / "diff4mm" / "synthesizer_fold0" / "diff4mm_bundle.json").read_text(encoding="utf-8"))
+    record = json.loads((models / "synthesizer_fold0" / "diff4mm_bundle.json").read_text(encoding="utf-8"))
     assert set(record["training"]["cases"]) == train and set(record["training"]["lineage_cases"]) == train
-    assert not (raw / "diff4mm" / "synthesizer").exists()  # nothing shared across folds was made
+    assert not (models / "synthesizer").exists()  # nothing shared across folds was made
+    assert sorted(p.name for p in (raw / "diff4mm").iterdir()) == ["normal_fold0", "normal_median_fold0"]
     log = next((nnunet_env.results / raw.name / "Diff4MMTrainer_BenchmarkTest__Diff4MMCPUPlans__3d_fullres" /
                 "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "synthesizer_fold0" in log and "synthesis disabled" not in log

@@ -31,10 +31,12 @@ def test_api_md_synthesizer_and_pipeline_examples_run(tmp_path, monkeypatch):
         dataset = raw / "Dataset501_Liver"  # the examples' paths, relative to the working directory
         _write_phantom_dataset(dataset, 1)
         monkeypatch.setenv("nnUNet_raw", str(raw))
+        monkeypatch.setenv("nnUNet_results", str(tmp_path / "nnUNet_results"))
         monkeypatch.delenv("DIFF4MM_BUNDLE", raising=False)
         monkeypatch.delenv("DIFF4MM_NORMAL_DIR", raising=False)
-        assert train_cli.main(["-d", "501", "-o", str(dataset / "diff4mm" / "synthesizer"), "--preset", "tiny",
-                               "--epochs", "1", "--device", "cpu"]) == 0
+        # no -o: the default location, $nnUNet_results/Dataset501_Liver/diff4mm/synthesizer, which the docs use
+        assert train_cli.main(["-d", "501", "--preset", "tiny", "--epochs", "1", "--device", "cpu"]) == 0
+        assert (tmp_path / "nnUNet_results" / dataset.name / "diff4mm" / "synthesizer" / "diff4mm_bundle.json").is_file()
         monkeypatch.chdir(raw)
 
         scope: dict = {"__name__": "docs_api_synthesizer"}

@@ -139,24 +139,27 @@ def test_every_whole_file_passes_and_every_cut_is_found(tmp_path):
 # ------------------------------------------------------------------------------------------ 2. --overwrite
 
 
-def test_overwrite_replaces_only_the_registration_outputs(phantom, tmp_path, capsys):
+def test_overwrite_replaces_only_the_registration_outputs(phantom, tmp_path, capsys, monkeypatch):
     raw = tmp_path / "raw"
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))  # where the later stages' models go
     first = copy_input(phantom, tmp_path / "first")
     target = write_registered_dataset(first, 506, "Keep", raw, settings=FAST, progress=False)
+    models = tmp_path / "res" / target.name
     assert sorted(p.name for p in (target / "imagesTs").iterdir())[0] == "test_000_0000.nii.gz"
-    kept = {"diff4mm/normal/imagesTr/case_000_0000.nii.gz": "normal", "diff4mm/inpainter/model.json": "inpainter",
-            "diff4mm/synthesizer/bundle.json": "bundle", "notes.txt": "the user's", "imagesTs/mine_0000.nii.gz": "own"}
-    for rel, text in kept.items():
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        (target / rel).write_text(text, encoding="utf-8")
+    kept = {target / "diff4mm/normal/imagesTr/case_000_0000.nii.gz": "normal",
+            models / "diff4mm/inpainter/model.json": "inpainter", models / "diff4mm/synthesizer/bundle.json": "bundle",
+            target / "notes.txt": "the user's", target / "imagesTs/mine_0000.nii.gz": "own"}
+    for path, text in kept.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     second = copy_input(phantom, tmp_path / "second", cases=("case_000",))  # another input: no test case
     with pytest.raises(DatasetExistsError, match="pass --overwrite"):
         write_registered_dataset(second, 506, "Keep", raw, settings=FAST, progress=False)
     capsys.readouterr()
     write_registered_dataset(second, 506, "Keep", raw, settings=FAST, progress=False,
                              overwrite=True)
-    for rel, text in kept.items():
-        assert (target / rel).read_text(encoding="utf-8") == text, rel
+    for path, text in kept.items():
+        assert path.read_text(encoding="utf-8") == text, path
     assert sorted(p.name for p in (target / "imagesTs").iterdir()) == ["mine_0000.nii.gz"]  # test_000_* removed
     assert sorted(p.name for p in (target / "imagesTr").iterdir()) == [f"case_000_{k:04d}.nii.gz" for k in range(4)]
     assert json.loads((target / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
@@ -165,8 +168,8 @@ def test_overwrite_replaces_only_the_registration_outputs(phantom, tmp_path, cap
     assert not (qa / "test_000").exists()
     warnings = capsys.readouterr().err.splitlines()
     assert len(warnings) == 3 and all(w.startswith("warning: ") and "kept" in w for w in warnings), warnings
-    for folder in ("inpainter", "normal", "synthesizer"):
-        assert any(str(target / "diff4mm" / folder) in w for w in warnings), folder
+    for folder in (target / "diff4mm" / "normal", models / "diff4mm" / "inpainter", models / "diff4mm" / "synthesizer"):
+        assert any(str(folder) in w for w in warnings), folder
     help_text = " ".join(register_cli.build_parser().format_help().split())
     assert "only this stage's outputs are replaced" in help_text and "diff4mm/synthesizer" in help_text
 

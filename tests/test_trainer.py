@@ -45,10 +45,15 @@ def nnunet_env(tmp_path_factory):
 
     inpaint_dataset(raw, "median+noise", 8.0, progress=False)
     names, cases = load_training_cases(raw)
-    # the shared bundle learnt from all three cases (a classical fill has no training cases of its own)
-    train_synthesizer(cases, raw / "diff4mm" / "synthesizer", preset="tiny", device="cpu", progress=False,
+    # the shared bundle learnt from all three cases (a classical fill has no training cases of its own), where
+    # diff4mm_train_synthesizer writes it by default and the trainer looks: nnUNet_results, as nnU-Net's models
+    train_synthesizer(cases, _bundle(root, raw), preset="tiny", device="cpu", progress=False,
                       case_names=names, lineage_cases=[])
     return env, root, raw
+
+
+def _bundle(root, raw):
+    return root / "res" / raw.name / "diff4mm" / "synthesizer"
 
 
 def _train(env, trainer, *extra, epochs=1, fold="all", check=True):
@@ -101,7 +106,7 @@ def test_trains_with_counted_synthetic_fraction_and_records_bundle_then_resumes(
     logging = checkpoint["logging"]
     from nnunetv2_diff4mm.training.trainer import bundle_fingerprint
 
-    assert logging["diff4mm_bundle_sha256"] == [bundle_fingerprint(raw / "diff4mm" / "synthesizer")]
+    assert logging["diff4mm_bundle_sha256"] == [bundle_fingerprint(_bundle(root, raw))]
     assert logging["diff4mm_synthetic_fraction"] == [pytest.approx(synthetic / total)]
     pool = _pool(root, "Diff4MMTrainer_Test")
     with np.load(sorted(pool.glob("sample_*.npz"))[0]) as sample:
@@ -119,7 +124,7 @@ def test_trains_with_counted_synthetic_fraction_and_records_bundle_then_resumes(
 def test_broken_bundle_falls_back_to_real_samples(nnunet_env, tmp_path):
     env, root, raw = nnunet_env
     broken = tmp_path / "bundle"
-    shutil.copytree(raw / "diff4mm" / "synthesizer", broken)
+    shutil.copytree(_bundle(root, raw), broken)
     weights = next(broken.rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated file: hash mismatch
     out = _train({**env, "DIFF4MM_BUNDLE": str(broken)}, "Diff4MMTrainer_TestFallback")
@@ -167,7 +172,7 @@ def test_refuses_a_bundle_trained_on_the_folds_validation_cases(nnunet_env):
     result = _train(env, "Diff4MMTrainer_Test", fold=str(fold), check=False)
     assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: Diff4MMTrainer fold {fold}: ") and str(raw / "diff4mm" / "synthesizer") in last
+    assert last.startswith(f"error: Diff4MMTrainer fold {fold}: ") and str(_bundle(root, raw)) in last
     assert f"({splits[fold]['val'][0]})" in last and "DIFF4MM_ALLOW_LEAK" in last and f"-f {fold}" in last
     assert "Traceback" not in result.stderr
     folder = (root / "res" / f"Dataset{DATASET:03d}_Trainer" / "Diff4MMTrainer_Test__Diff4MMCPUPlans__3d_fullres"

@@ -12,8 +12,11 @@ from .common import BenchmarkError, Job
 
 
 def model_folder(results_root: Path, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
-    """nnU-Net's output folder of a trainer/plans/configuration (as nnunetv2's get_output_folder)."""
-    return Path(results_root) / dataset / f"{trainer}__{plans}__{configuration}"
+    """nnU-Net's output folder of a trainer/plans/configuration under `results_root`: nnunetv2's
+    get_output_folder with the root passed in (it reads $nnUNet_results itself; the benchmark is given its roots)."""
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    return Path(results_root) / dataset / convert_trainer_plans_config_to_identifier(trainer, plans, configuration)
 
 
 def fold_folder(results_root: Path, job: Job) -> Path:

@@ -164,7 +164,8 @@ def run_benchmark(settings: BenchmarkSettings, roots: Roots | None = None, runne
         record["nnunet_fold"] = job.nnunet_fold
         if job.arm.role == "diff4mm":
             start = time.perf_counter()
-            status = prepare_synthesis_models(job, source_raw, synthesis_args, device, out / "logs", runner, env)
+            status = prepare_synthesis_models(job, source_raw, synthesis_args, device, out / "logs", runner, env,
+                                              roots.results)
             if status == "trained":
                 record["synthesis_models_s"] = time.perf_counter() - start
             record["synthesis_models_status"] = status

@@ -3,7 +3,7 @@
 A job trains nnU-Net on the "train" list of one entry F of splits_final.json (a fold, or a labelled-fraction
 subset of it). Its inpainter, normal CTs and synthesis bundle are trained with the same `-f F`, through the
 plugin's own commands, into the per-fold folders where Diff4MMTrainer on fold F looks first
-(``DATASET/diff4mm/{inpainter,normal,synthesizer}_foldF``). So arm (c) never sees a validation case, a test case,
+(``nnUNet_results/DATASET/diff4mm/{inpainter,synthesizer}_foldF``, ``nnUNet_raw/DATASET/diff4mm/normal_foldF``). So arm (c) never sees a validation case, a test case,
 or a labelled case withheld from arms (a) and (b) at that fraction; the trainer's leak check (training/leakage.py)
 refuses to start otherwise. Every command resumes, so a re-run of a finished job redoes nothing.
 """
@@ -16,30 +16,30 @@ from .. import conventions
 from .common import BenchmarkError, Job
 
 
-def synthesis_models_finished(raw_folder: Path, fold: int) -> bool:
+def synthesis_models_finished(raw_folder: Path, fold: int, results_root: Path | None = None) -> bool:
     from synthesis.bundle import BUNDLE_JSON
 
-    return (conventions.bundle_folder(raw_folder, fold) / BUNDLE_JSON).is_file()
+    return (conventions.bundle_folder(raw_folder, fold, results_root) / BUNDLE_JSON).is_file()
 
 
 def prepare_synthesis_models(job: Job, raw_folder: Path, args: tuple[tuple[str, ...], tuple[str, ...]], device: str,
-                             log_dir: Path, runner, env: dict | None = None) -> str:
+                             log_dir: Path, runner, env: dict | None = None, results_root: Path | None = None) -> str:
     """Train the job's inpainter, write its normal CTs and train its bundle (each skipped when finished), with
     `args` = (diff4mm_train_inpainter arguments, diff4mm_train_synthesizer arguments); "reused" or "trained"."""
     for var in (conventions.ENV_BUNDLE, conventions.ENV_NORMAL):
         if (env or {}).get(var):
             raise BenchmarkError(f"${var} is set: arm (c) trains its own models per fold; unset it")
     fold = job.nnunet_fold
-    if synthesis_models_finished(raw_folder, fold):
+    if synthesis_models_finished(raw_folder, fold, results_root):
         return "reused"
     dataset = ["-d", raw_folder.name, "-f", str(fold)]
     log = Path(log_dir) / f"synthesis_models_{job.key.replace('/', '_')}.log"
     for module, extra in (("train_inpainter", [*args[0], "--device", device]), ("inpaint", ["--device", device]),
                           ("train_synthesizer", [*args[1], "--device", device])):
         runner([sys.executable, "-m", f"nnunetv2_diff4mm.cli.{module}", *dataset, *extra], log, env)
-    if not synthesis_models_finished(raw_folder, fold):
-        raise BenchmarkError(f"{conventions.bundle_folder(raw_folder, fold)}: diff4mm_train_synthesizer ended "
-                             f"without a bundle (log {log})")
+    if not synthesis_models_finished(raw_folder, fold, results_root):
+        bundle = conventions.bundle_folder(raw_folder, fold, results_root)
+        raise BenchmarkError(f"{bundle}: diff4mm_train_synthesizer ended without a bundle (log {log})")
     return "trained"
 
 

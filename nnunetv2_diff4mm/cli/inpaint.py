@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "under $nnUNet_raw, written by diff4mm_register")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="MODEL_DIR", help="trained inpainter (diff4mm_train_inpainter output); "
-                        "default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold")
+                        "default: $nnUNet_results/DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold")
     source.add_argument("--method", choices=CLASSICAL_METHODS,
                         help="classical fallback instead of a learned model (no training needed)")
     parser.add_argument("--dilation-mm", type=finite_float(0, 100), default=DEFAULT_DILATION_MM,

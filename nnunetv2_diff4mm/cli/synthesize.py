@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/dataset.json and OUT/montages/*.png. Deterministic by seed; re-running completes "
                     "missing cases.")
     parser.add_argument("bundle", metavar="BUNDLE", nargs="?", default=None,
-                        help="synthesis bundle folder (diff4mm_train_synthesizer; default: DATASET/diff4mm/"
-                             "synthesizer, where diff4mm_train_synthesizer and Diff4MMTrainer keep it)")
+                        help="synthesis bundle folder (diff4mm_train_synthesizer; default: $nnUNet_results/DATASET/"
+                             "diff4mm/synthesizer, where diff4mm_train_synthesizer and Diff4MMTrainer keep it)")
     parser.add_argument("-d", "--dataset", required=True, metavar="ID",
                         help="source dataset id or name (its diff4mm/normal/ CTs are used)")
     parser.add_argument("--num-cases", type=int, default=None, metavar="N", help="synthetic cases to write "

@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "as safetensors with their config; re-running resumes after the last finished epoch.")
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name under $nnUNet_raw")
     parser.add_argument("-o", "--output", metavar="MODEL_DIR",
-                        help="model folder (default: DATASET/diff4mm/inpainter, or inpainter_foldFOLD with --fold, "
-                             "where diff4mm_inpaint looks)")
+                        help="model folder (default: $nnUNet_results/DATASET/diff4mm/inpainter, or inpainter_foldFOLD "
+                             "with --fold, where diff4mm_inpaint looks)")
     add_preset_argument(parser, PRESET_NAMES, LEGACY_PRESET_NAMES, "cpu",
                         help="model and training size: tiny (tests, seconds), cpu (~4 min on one core), gpu "
                              "(1.5 x 1.5 x 2.5 mm grid, one GPU) (default: cpu; 'default' is the old name of cpu)")

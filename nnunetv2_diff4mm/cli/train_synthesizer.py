@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--dataset", required=True, metavar="ID",
                         help="dataset id or name, e.g. 501 or Dataset501_Liver (under $nnUNet_raw)")
     parser.add_argument("-o", "--output", metavar="BUNDLE_DIR", default=None,
-                        help="bundle folder to write (default: DATASET/diff4mm/synthesizer, or synthesizer_foldFOLD "
-                             "with --fold, where Diff4MMTrainer looks)")
+                        help="bundle folder to write (default: $nnUNet_results/DATASET/diff4mm/synthesizer, or "
+                             "synthesizer_foldFOLD with --fold, where Diff4MMTrainer looks)")
     parser.add_argument("--normal", metavar="NORMAL_DIR", default=None,
                         help="normal CTs from diff4mm_inpaint (default: DATASET/diff4mm/normal_foldFOLD with --fold "
                              "if it exists, else DATASET/diff4mm/normal)")
