@@ -2,10 +2,12 @@
 synthetic samples made exactly as Diff4MMTrainer's producer makes them, beside its own training and validation cases.
 
     python benchmarks/detectability.py -d 601 -c 2d -p Diff4MMCPUPlans -tr nnUNetTrainer_Diff4MMEvidence -f 5 \\
-        --bundle $nnUNet_raw/Dataset601_EvPhantom/diff4mm/synthesizer_fold5 --samples 12 --seed 7
+        --bundle $nnUNet_results/Dataset601_EvPhantom/diff4mm/synthesizer_fold5 --samples 12 --seed 7
 
 If the model finds synthetic tumors about as well as the real tumors of its validation cases, the synthetic tumors
-look like real ones to it; if it misses them, they are too faint or too strange to teach it anything real. Each
+look like real ones to it; if it misses them, they are too faint or too strange to teach it anything real. Besides
+the tumor Dice per sample it counts, per tumor (26-connected component, hit by >= 1 predicted voxel, as the
+benchmark's recall), how many tumors it finds, overall and under 20 mm. Each
 synthetic sample is made twice from the same random state, with and without `match_enhancement` (the same masks and
 requested patterns), so the two rows are paired. Everything is in preprocessed space (nnU-Net's sliding window, no
 mirroring); the normal CTs are those of the fold's training cases (the trainer's cache). Validation cases only: no
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
                         help="normal CTs of the fold (default: the fold's own normal_foldF, as the trainer finds it)")
     parser.add_argument("--samples", type=int, default=12, help="synthetic samples per variant (default 12)")
     parser.add_argument("--seed", type=int, default=7, help="random state of the samples (default 7)")
+    parser.add_argument("--matched-only", action="store_true",
+                        help="make the synthetic samples with match_enhancement=True only (the trainer's default)")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -53,6 +57,7 @@ def main(argv=None) -> int:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_diff4mm import conventions
+    from nnunetv2_diff4mm.evaluation.metrics import SMALL_TUMOR_MM, detect_tumors
     from nnunetv2_diff4mm.training.normal_cases import cache_folder, intensity_mappings, preprocess_normal_cases
     from nnunetv2_diff4mm.training.synthetic_pool import make_sample
     from synthesis.pipeline import Synthesizer
@@ -76,31 +81,49 @@ def main(argv=None) -> int:
     model = Path(nnUNet_results) / name / f"{args.trainer}__{args.plans}__{args.configuration}"
     predictor.initialize_from_trained_model_folder(str(model), (args.fold,), "checkpoint_final.pth")
 
-    def tumor_dice(data, seg) -> float:
-        logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(np.ascontiguousarray(data, np.float32)))
-        return dice(logits.argmax(0).numpy() == 2, seg == 2)
+    # voxel spacing of the preprocessed arrays (z, y, x); a 2d configuration keeps the original slice spacing
+    spacing_zyx = list(config.spacing)
+    if len(spacing_zyx) == 2:
+        spacing_zyx = [plans.plans["original_median_spacing_after_transp"][0], *spacing_zyx]
+    counts: dict[str, dict[str, int]] = {}
+
+    def tumor_dice(data, seg, group: str) -> float:
+        tensor = torch.from_numpy(np.ascontiguousarray(data, np.float32))
+        pred = predictor.predict_sliding_window_return_logits(tensor).argmax(0).numpy() == 2
+        found = detect_tumors(pred, seg == 2, spacing_zyx[::-1])
+        total = counts.setdefault(group, {})
+        for key, value in found.items():
+            total[key] = total.get(key, 0) + value
+        return dice(pred, seg == 2)
 
     rows = {}
     folder = pre / config.data_identifier
     for group in ("train", "val"):
         rows[f"real, {group} cases"] = [tumor_dice(blosc2.open(str(folder / f"{c}.b2nd"))[:],
-                                                   blosc2.open(str(folder / f"{c}_seg.b2nd"))[:][0])
+                                                   blosc2.open(str(folder / f"{c}_seg.b2nd"))[:][0],
+                                                   f"real, {group} cases")
                                         for c in split[group]]
-    for match in (False, True):
+    for match in (True,) if args.matched_only else (False, True):
         synth = Synthesizer.from_bundle(args.bundle, match_enhancement=match)
         rng = np.random.default_rng(args.seed)
         values = []
         for _ in range(args.samples):
             sample = make_sample(synth, str(normals[int(rng.integers(len(normals)))]), mappings,
                                  list(range(1, len(dataset_json["labels"]))), rng)
-            values.append(tumor_dice(sample["data"], sample["seg"][0]))
+            values.append(tumor_dice(sample["data"], sample["seg"][0], f"synthetic, match_enhancement={match}"))
         rows[f"synthetic, match_enhancement={match}"] = values
-    print(f"| {model.name} fold {args.fold} on | tumor Dice (mean ± std) | n |\n| --- | ---: | ---: |")
+    small = f"{SMALL_TUMOR_MM:g}"
+    print(f"| {model.name} fold {args.fold} on | tumor Dice (mean ± std) | tumors found | found < {small} mm | "
+          f"found >= {small} mm | false positive components | n |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key, values in rows.items():
+        c = counts[key]
+        n_small = c["tumor_tp_small"] + c["tumor_fn_small"]
+        large_tp, large_n = c["tumor_tp"] - c["tumor_tp_small"], c["n_ref_tumors"] - n_small
         print(f"| {key} | {np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f} | "
-              f"{len(values)} |")
+              f"{c['tumor_tp']}/{c['n_ref_tumors']} | {c['tumor_tp_small']}/{n_small} | "
+              f"{large_tp}/{large_n} | {c['tumor_fp']} | {len(values)} |")
     if args.output:
-        args.output.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        args.output.write_text(json.dumps({"tumor_dice": rows, "detection": counts}, indent=1), encoding="utf-8")
     return 0
 
 
