@@ -68,8 +68,8 @@ MIN_RELATIVE_SIMILARITY = 0.65
 MIN_REGION_INSIDE = 0.5
 FLAGGED_EXIT_CODE = 3
 # Later stages' outputs (every other entry of diff4mm/ in the dataset folder, and of DATASET/diff4mm/ under
-# $nnUNet_results, where the trained models go): made from a registration, kept by --overwrite with a warning. Named here for the warning; per-fold variants (normal_fold0, ...) are matched by
-# their prefix.
+# $nnUNet_results, where the trained models go): made from a registration, kept by --overwrite with a warning.
+# Named here for the warning; per-fold variants (normal_fold0, ...) are matched by their prefix.
 LATER_STAGES = {
     "normal": "normal CTs (diff4mm_inpaint)",
     "inpainter": "inpainter model (diff4mm_train_inpainter)",

@@ -36,7 +36,8 @@ def test_api_md_synthesizer_and_pipeline_examples_run(tmp_path, monkeypatch):
         monkeypatch.delenv("DIFF4MM_NORMAL_DIR", raising=False)
         # no -o: the default location, $nnUNet_results/Dataset501_Liver/diff4mm/synthesizer, which the docs use
         assert train_cli.main(["-d", "501", "--preset", "tiny", "--epochs", "1", "--device", "cpu"]) == 0
-        assert (tmp_path / "nnUNet_results" / dataset.name / "diff4mm" / "synthesizer" / "diff4mm_bundle.json").is_file()
+        bundle = tmp_path / "nnUNet_results" / dataset.name / "diff4mm" / "synthesizer"
+        assert (bundle / "diff4mm_bundle.json").is_file()
         monkeypatch.chdir(raw)
 
         scope: dict = {"__name__": "docs_api_synthesizer"}

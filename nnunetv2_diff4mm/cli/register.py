@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace an existing dataset made from another input or with other settings: only "
                              "this stage's outputs are replaced (imagesTr, labelsTr, the imagesTs files it wrote, "
                              "dataset.json, diff4mm/registration/); every other file stays, and later stages' "
-                             "outputs (diff4mm/normal, and diff4mm/inpainter, diff4mm/synthesizer under $nnUNet_results) "
-                             "are kept with a warning, as they were made from the old registration")
+                             "outputs (diff4mm/normal, and diff4mm/inpainter, diff4mm/synthesizer under "
+                             "$nnUNet_results) are kept with a warning, as they were made from the old registration")
     parser.add_argument("--allow-failed", action="store_true",
                         help="write dataset.json even if the registration QA flags phases (similarity to the "
                              f"reference below {MIN_SIMILARITY} or below {MIN_RELATIVE_SIMILARITY} x the case's best "
