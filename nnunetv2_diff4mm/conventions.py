@@ -59,33 +59,35 @@ _NOTICED: set[Path] = set()
 def models_folder(raw_folder: Path, results_root: Path | None = None) -> Path:
     """`$nnUNet_results/DatasetXXX_NAME/diff4mm` (or `results_root/...`): where the plugin's trained models of a
     dataset go."""
-    from nnunetv2.paths import nnUNet_results
+    name = Path(raw_folder).name
+    if results_root is None:
+        from nnunetv2.paths import nnUNet_results
 
-    if results_root is not None:
-        return Path(results_root) / Path(raw_folder).name / SUBFOLDER
-    if not nnUNet_results.is_set():
-        raise RuntimeError(f"nnUNet_results is not set: the trained models of {Path(raw_folder).name} go to "
-                           f"$nnUNet_results/{Path(raw_folder).name}/{SUBFOLDER}; set it as for nnU-Net "
-                           "(documentation/setting_up_paths.md) or pass -o/--output")
-    return Path(nnUNet_results.require()) / Path(raw_folder).name / SUBFOLDER
+        if not nnUNet_results.is_set():
+            raise RuntimeError(f"nnUNet_results is not set: the trained models of {name} go to "
+                               f"$nnUNet_results/{name}/{SUBFOLDER}; set it as for nnU-Net "
+                               "(documentation/setting_up_paths.md) or pass -o/--output")
+        results_root = nnUNet_results.require()
+    return Path(results_root) / name / SUBFOLDER
 
 
 def _model_folder(raw_folder: Path, name: str, results_root: Path | None = None) -> Path:
     """The model folder `name` under nnUNet_results, or its version-0.1 location in nnUNet_raw when only that
     exists (one notice per folder and process)."""
-    legacy = Path(raw_folder) / SUBFOLDER / name
     from nnunetv2.paths import nnUNet_results
 
-    if results_root is None and not nnUNet_results.is_set() and legacy.exists():
-        current = None
-    else:
-        current = models_folder(raw_folder, results_root) / name
-        if current.exists() or not legacy.exists():
-            return current
+    legacy = Path(raw_folder) / SUBFOLDER / name
+    if not legacy.exists():
+        return models_folder(raw_folder, results_root) / name
+    # a version-0.1 model: used until the new location exists (and found even without nnUNet_results)
+    root_known = results_root is not None or nnUNet_results.is_set()
+    current = models_folder(raw_folder, results_root) / name if root_known else None
+    if current is not None and current.exists():
+        return current
     if legacy not in _NOTICED:
         _NOTICED.add(legacy)
-        where = f"move it to {current} " if current else "move it to $nnUNet_results/... "
-        print(f"Diff4MM: using {legacy}, a model in nnUNet_raw where version 0.1 wrote it; {where}"
+        target = current or f"$nnUNet_results/{Path(raw_folder).name}/{SUBFOLDER}/{name}"
+        print(f"Diff4MM: using {legacy}, a model in nnUNet_raw where version 0.1 wrote it; move it to {target} "
               "to silence this", file=sys.stderr)
     return legacy
 

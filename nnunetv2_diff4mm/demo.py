@@ -149,7 +149,7 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
     run.run("normal CTs", "inpaint", "-d", dataset, "-f", "0")
     if run.done("normal CTs"):
         return
-    bundle = str(conventions.bundle_folder(_raw(run), 0, results_root=s.output / "nnUNet_results"))
+    bundle = str(conventions.bundle_folder(_raw(run), 0, results_root=run.env["nnUNet_results"]))
     run.run("synthesizer training", "train_synthesizer", "-d", dataset, "-f", "0", *preset.synthesizer_args)
     run.run("synthetic samples", "synthesize", bundle, "-d", dataset, "--num-cases", "4", "--normal",
             str(_raw(run) / "diff4mm" / "normal_fold0"), "-o", str(s.output / "synthetic"))

@@ -295,9 +295,8 @@ def _clear_own_outputs(target: Path, old_phases: int | None) -> None:
         if OWN_TEMP_FILES.fullmatch(entry.name):
             _remove(entry)
     # later stages write normal CTs here and their trained models into nnUNet_results (same DATASET/diff4mm/)
-    results = os.environ.get("nnUNet_results")
-    for derived in (target / QA_SUBFOLDER.parent, *([Path(results) / target.name / QA_SUBFOLDER.parent]
-                                                    if results else [])):
+    results = [root for var, root in nnunet_roots_from_env() if var == "nnUNet_results"]
+    for derived in (target / QA_SUBFOLDER.parent, *(root / target.name / QA_SUBFOLDER.parent for root in results)):
         for entry in sorted(e for e in derived.iterdir() if not e.name.startswith('.')) if derived.is_dir() else []:
             what = next((w for stem, w in LATER_STAGES.items() if entry.name.startswith(stem)),
                         "output of a later stage")
