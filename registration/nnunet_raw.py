@@ -7,7 +7,8 @@ raw dataset.
     $nnUNet_raw/DatasetXXX_NAME/dataset.json                  channel_names all "CT" (nnU-Net's CT normalisation);
                                                               phases and reference under "diff4mm"
     $nnUNet_raw/DatasetXXX_NAME/diff4mm/registration/         settings.json (what made the dataset),
-        <case>/<PHASE>.tfm, montage.png, qa.json (written last: the case is finished), summary.csv
+        <case>/<PHASE>.tfm, montage.png, qa.json (written last: the case is finished), summary.csv,
+        <case>/first_pass_liver.nii.gz (an unlabelled case's liver from ``first_pass``, if one was given)
     $nnUNet_raw/DatasetXXX_NAME/.diff4mm_register.lock        while a run writes the dataset (pid, host)
 The reference grid is kept as it is (no crop): nnU-Net crops and resamples itself, and predictions come back on
 the grid the user's reference phase has. Every case is validated before anything is written.
@@ -17,6 +18,12 @@ settings (``input_key``); a re-run registers again exactly the cases whose input
 imagesTs and imagesTr when its label appeared or went), removes the outputs of cases gone from the input, and
 rewrites dataset.json. Every registered phase is checked for plausibility (:func:`flag_reasons`); flagged phases
 are listed in qa.json and summary.csv and stop the stage (:class:`RegistrationFlaggedError`) unless allowed.
+
+An unlabelled case (imagesTs) is registered inside its ``<REF>_liver`` mask if its folder has one, else inside
+the liver a ``first_pass`` callable finds (the plugin's trained model, ``diff4mm_register --first-pass-model``),
+else inside the body mask. The first pass runs in this process before the workers start (one model, loaded
+once); what it is made from (``first_pass.identity``) is part of the case's resume key, so adding or retraining
+the model re-registers exactly the unlabelled cases it masks.
 """
 from __future__ import annotations
 
@@ -34,10 +41,11 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import SimpleITK as sitk
 
@@ -56,6 +64,7 @@ OWN_FOLDERS = ("imagesTr", "labelsTr")
 OWN_FILES = ("dataset.json",)
 OWN_TEMP_FILES = re.compile(r"\.dataset\.json\.[0-9a-f]{32}\.tmp")  # a run killed while writing dataset.json
 LOCK_NAME = ".diff4mm_register.lock"
+FIRST_PASS_MASK = "first_pass_liver.nii.gz"  # in an unlabelled case's QA folder (see _with_first_pass)
 # Registration QA (measured on phantom cases, docs/decisions.md): a phase is flagged when its final similarity
 # to the reference (register.similarity: Mattes MI over the reference's MI with itself, in the metric mask) is
 # below MIN_SIMILARITY, or below MIN_RELATIVE_SIMILARITY x that of the case's most similar phase, or when less
@@ -106,6 +115,17 @@ class Job:
     montage_fn: Callable | None
     inputs: dict | None = None  # case_input_digests of the case
     input_key: str | None = None  # what the case's outputs are made from (see _input_key)
+    first_pass: dict | None = None  # the first pass's record of an unlabelled case (its mask is in liver_masks)
+
+
+class FirstPass(Protocol):
+    """What ``write_registered_dataset`` calls for an unlabelled case without a ``<REF>_liver`` mask."""
+
+    identity: dict  # JSON: what its masks are made from (part of the resume key of the cases it masks)
+
+    def __call__(self, images: Mapping[str, sitk.Image]) -> tuple[sitk.Image | None, dict]:
+        """(the liver on the reference phase's grid, or None: no liver, use the body mask; a JSON record with
+        at least ``mask``: "liver" or "body")."""
 
 
 
@@ -365,11 +385,14 @@ def flag_reasons(record: dict) -> list[str]:
     return reasons
 
 
-def _input_key(inputs: dict[str, str], fingerprint: dict, labelled: bool) -> str:
-    """What a case's outputs are made from: its input files' content and everything in the dataset fingerprint
-    that changes a registration (not the input folder's path)."""
+def _input_key(inputs: dict[str, str], fingerprint: dict, labelled: bool, first_pass: dict | None = None) -> str:
+    """What a case's outputs are made from: its input files' content, everything in the dataset fingerprint
+    that changes a registration (not the input folder's path), and the identity of the first pass that masks it
+    (absent when none does, so the keys of datasets registered without one stay valid)."""
     made_from = {"inputs": inputs, "labelled": labelled,
                  **{k: v for k, v in fingerprint.items() if k != "input"}}
+    if first_pass is not None:
+        made_from["first_pass"] = first_pass
     return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -451,6 +474,8 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
     qa_dir.mkdir(parents=True, exist_ok=True)
     (dataset / split).mkdir(parents=True, exist_ok=True)
     record = {"case": case.name, "split": split, "mask": setup.mask_kind, "phases": {}}
+    if job.first_pass is not None:
+        record["first_pass"] = job.first_pass
     registered = {}
     for k, phase in enumerate(job.phases):
         step[0] = f"phase {phase} ({_display(case.phases[phase], root)})"
@@ -484,6 +509,36 @@ def _register_case_files(job: Job, step: list[str]) -> dict:
     return record
 
 
+def _with_first_pass(jobs: list[Job], first_pass: FirstPass, qa_root: Path, progress: bool, tqdm) -> list[Job]:
+    """The jobs, each unlabelled case without a reference liver mask given the liver ``first_pass`` finds (in this
+    process, before the workers start: the model loads once). A case without a liver is registered inside the
+    body mask, with one warning line."""
+    todo = [k for k, job in enumerate(jobs) if not job.case.is_labelled and job.reference not in job.case.liver_masks]
+    out = list(jobs)
+    for k in tqdm(todo, desc="first-pass liver", unit="case", disable=not progress or not todo, leave=False):
+        job = out[k]
+        case = job.case
+        images, _ = load_case(case)
+        try:
+            mask, record = first_pass(images)
+        except (RuntimeError, ValueError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{case.name}: the first-pass liver failed: {_first_line(err)}; register without "
+                             "--first-pass-model, or put a <REF>_liver mask in the case folder") from None
+        if mask is None:
+            tqdm.write(f"warning: {case.name}: {record.get('note', 'the first pass found no liver')}", file=sys.stderr)
+            out[k] = replace(job, first_pass=record)
+            continue
+        path = qa_root / case.name / FIRST_PASS_MASK
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image_atomic(sitk.Cast(mask > 0, sitk.sitkUInt8), path)
+        record["file"] = path.name
+        out[k] = replace(job, case=replace(case, liver_masks={**case.liver_masks, job.reference: path}),
+                         first_pass=record)
+    return out
+
+
 def _init_worker() -> None:
     sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -500,6 +555,8 @@ def _summary_rows(records: list[dict]) -> list[dict]:
                    "metric_initial": qa.get("metric_initial"), "metric_final": qa.get("metric_final"),
                    "similarity": qa.get("similarity"), "region_inside_fraction": qa.get("region_inside_fraction"),
                    "displacement_mean_mm": qa.get("displacement_mean_mm"), "flagged": flagged.get(phase, "")}
+            if "first_pass" in r:
+                row["first_pass_liver_ml"] = r["first_pass"].get("liver_ml")
             for stage in qa.get("stages", [])[1:]:
                 row[f"{stage['stage']}_metric"] = stage.get("metric_after")
             rows.append(row)
@@ -511,7 +568,7 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
                              settings: RegistrationSettings = RegistrationSettings(),
                              montage_fn: Callable | None = None,
                              progress: bool = True, other_roots: Sequence[tuple[str, Path]] = (),
-                             allow_failed: bool = False, shard=None) -> Path:
+                             allow_failed: bool = False, shard=None, first_pass: FirstPass | None = None) -> Path:
     """Validate, register and write the whole dataset (resumable); returns the dataset folder.
 
     ``other_roots``: (name, folder) of further nnU-Net roots (nnUNet_preprocessed, nnUNet_results; see
@@ -533,6 +590,10 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
     final step is the same command without ``shard``: it registers whatever is still missing, names it, and
     writes summary.csv and dataset.json. ``overwrite`` cannot be combined with a shard (it would clear the other
     shards' work).
+
+    ``first_pass`` (:class:`FirstPass`): finds the liver of every unlabelled case that has no ``<REF>_liver``
+    mask of its own, so it is registered inside that liver instead of the body mask; the mask goes to the case's
+    QA folder (``first_pass_liver.nii.gz``) and its record into qa.json (``first_pass``).
     """
     from tqdm import tqdm
 
@@ -563,7 +624,7 @@ def write_registered_dataset(input_dir, dataset_id: int, name: str, nnunet_raw, 
         _check_id_free(nnunet_raw, dataset_id, name, other_roots)
         target = _check_target(nnunet_raw, dataset_id, name, fingerprint, overwrite)
         return _write_locked(target, cases, name, fingerprint, num_processes, montage_fn, progress, allow_failed,
-                             tqdm, shard)
+                             tqdm, shard, first_pass)
 
 
 def run_summary(summary_csv: Path) -> str | None:
@@ -610,7 +671,8 @@ def _report_flagged(records: list[dict], qa_root: Path, summary: Path | None, al
 
 
 def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: dict, num_processes: int,
-                  montage_fn: Callable | None, progress: bool, allow_failed: bool, tqdm, shard=None) -> Path:
+                  montage_fn: Callable | None, progress: bool, allow_failed: bool, tqdm, shard=None,
+                  first_pass: FirstPass | None = None) -> Path:
     """:func:`write_registered_dataset`'s work once the dataset folder is locked and checked."""
     phases, reference = fingerprint["phases"], fingerprint["reference"]
     qa_root = target / QA_SUBFOLDER
@@ -627,7 +689,8 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
     jobs, actions = [], {}
     for case in cases:
         inputs = case_input_digests(case)
-        key = _input_key(inputs, fingerprint, case.is_labelled)
+        masked = first_pass is not None and not case.is_labelled and reference not in case.liver_masks
+        key = _input_key(inputs, fingerprint, case.is_labelled, first_pass.identity if masked else None)
         split = "imagesTr" if case.is_labelled else "imagesTs"
         qa_file = qa_root / case.name / "qa.json"
         old = _load_record(qa_file) if qa_file.is_file() else None
@@ -642,10 +705,14 @@ def _write_locked(target: Path, cases: list[CaseFiles], name: str, fingerprint: 
             elif old.get("input_key") is None:
                 actions[case.name] = (f"{case.name}: registered by an older diff4mm_register that kept no record of "
                                       "its inputs, re-registered")
+            elif old.get("inputs") == inputs and (masked or old.get("first_pass") is not None):
+                actions[case.name] = f"{case.name}: first-pass liver changed (model or none), re-registered"
             else:
                 actions[case.name] = f"{case.name}: input changed{_changed(old.get('inputs'), inputs)}, re-registered"
         _remove_case_outputs(target, case.name, len(phases))  # a changed, moved or unfinished case starts clean
         jobs.append(Job(case, str(target), tuple(phases), reference, fingerprint["settings"], montage_fn, inputs, key))
+    if first_pass is not None:
+        jobs = _with_first_pass(jobs, first_pass, qa_root, progress, tqdm)
     fresh = [j.case.name for j in jobs if j.case.name not in actions]
     if shard is None and done and fresh:  # a resumed run, or the final step after shards: say what was missing
         tqdm.write(f"{len(done)} cases registered already; registering the {len(fresh)} missing: "

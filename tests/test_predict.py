@@ -258,3 +258,52 @@ def test_help_lists_nnunet_flag_names():
     for flag in ("-i INPUT", "-o OUTPUT", "-d ID", "-c CONFIG", "-f FOLD", "-tr", "-p", "-chk", "-device", "-np",
                  "--fill-missing-phases", "--no-postprocessing", "--disable_tta"):
         assert flag in result.stdout
+
+
+def test_register_masks_unlabelled_cases_with_the_first_pass_and_resumes(nnunet_env, tmp_path, capsys):
+    """diff4mm_register --first-pass-model (issue #15): an unlabelled case is registered inside the liver the model
+    finds, recorded in its qa.json; the same model again redoes nothing; another model redoes the case."""
+    from nnunetv2_diff4mm.cli.register import main as register
+    from nnunetv2_diff4mm.inference.model import find_model_folder
+
+    world = nnunet_env
+    base = [str(world["input"]), "-d", "874", "-n", "FirstPass", "--no-bspline", "--no-montages"]
+    qa_dir = Path(world["env"]["nnUNet_raw"]) / "Dataset874_FirstPass" / "diff4mm" / "registration"
+    qa_file = qa_dir / "patient_01" / "qa.json"
+    mask_file = qa_dir / "patient_01" / "first_pass_liver.nii.gz"
+
+    # phases that are not the model's: one line naming its dataset.json, before anything is written
+    mismatch = base + ["--phases", "NC", "PVP", "DELAY", "--first-pass-model",
+                       str(find_model_folder(DATASET, LIVER_MODEL, PLANS)), "--first-pass-folds", "all"]
+    assert register(mismatch) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "dataset.json: the first-pass model takes the phases NC AP PVP DELAY" in err
+    assert not qa_dir.parent.parent.exists()
+
+    assert register(base) == 0  # without a first pass: the body mask
+    record = json.loads(qa_file.read_text(encoding="utf-8"))
+    assert record["mask"] == "body" and "first_pass" not in record and not mask_file.exists()
+
+    liver = base + ["--first-pass-model", str(find_model_folder(DATASET, LIVER_MODEL, PLANS)),
+                    "--first-pass-folds", "all", "-device", "cpu"]
+    capsys.readouterr()
+    assert register(liver) == 0
+    assert "patient_01: first-pass liver changed (model or none), re-registered" in capsys.readouterr().out
+    record = json.loads(qa_file.read_text(encoding="utf-8"))
+    assert record["mask"] == "liver" and record["split"] == "imagesTs"
+    assert record["first_pass"]["source"] == "model" and record["first_pass"]["mask"] == "liver"
+    mask, ref = sitk.ReadImage(str(mask_file)), sitk.ReadImage(str(world["reference"]))
+    assert _geometry(mask) == _geometry(ref) and np.all(sitk.GetArrayViewFromImage(mask) == 1)  # liver everywhere
+    assert "first_pass_liver_ml" in (qa_dir / "summary.csv").read_text(encoding="utf-8").splitlines()[0]
+
+    stamp = qa_file.stat().st_mtime_ns
+    assert register(liver) == 0  # same model: nothing to redo
+    assert qa_file.stat().st_mtime_ns == stamp and "re-registered" not in capsys.readouterr().out
+
+    none = base + ["--first-pass-model", str(find_model_folder(DATASET, NO_LIVER_MODEL, PLANS)),
+                   "--first-pass-folds", "all", "-device", "cpu"]
+    assert register(none) == 0  # another model, which finds no liver: the body mask, said and recorded
+    out = capsys.readouterr()
+    assert "patient_01: first-pass liver changed" in out.out and "registered inside the body mask" in out.err
+    record = json.loads(qa_file.read_text(encoding="utf-8"))
+    assert record["mask"] == "body" and record["first_pass"]["mask"] == "body" and not mask_file.exists()

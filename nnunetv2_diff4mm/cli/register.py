@@ -16,7 +16,7 @@ from registration.register import RegistrationSettings
 
 from ..visualization import registration_montage
 from .arg_types import SHARD_HELP, at_least_one, shard
-from .errors import add_common_arguments, reported_errors
+from .errors import add_common_arguments, add_device_argument, reported_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "paper's claim that aligned synthetic data removes the need for registration); the QA "
                              "still measures each phase's similarity, so expect flagged phases and pass "
                              "--allow-failed")
+    parser.add_argument("--first-pass-model", default=None, metavar="MODEL_FOLDER",
+                        help="register the unlabelled cases (imagesTs) inside the liver this trained model finds "
+                             "on their unregistered phases, as diff4mm_predict does, instead of the body mask "
+                             "(which also holds the spine: less accurate): a model folder "
+                             "$nnUNet_results/DatasetXXX_NAME/<trainer>__<plans>__<configuration> of the same "
+                             "phase order. A <REF>_liver file in a case folder still wins; a case where it finds "
+                             "no liver uses the body mask (warning, recorded in qa.json). Re-running with it "
+                             "re-registers only the unlabelled cases")
+    parser.add_argument("--first-pass-folds", nargs="+", default=["0", "1", "2", "3", "4"], metavar="FOLD",
+                        help="folds of --first-pass-model to ensemble (default 0 1 2 3 4, as nnUNetv2_predict; "
+                             "'all' for a model trained with fold all)")
+    add_device_argument(parser, ("cpu", "cuda", "mps", "auto"), default="auto",
+                        help="torch device of --first-pass-model (default auto: cuda if available, else cpu)")
     parser.add_argument("--no-montages", action="store_true", help="skip the per-case QA PNGs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset made from another input or with other settings: only "
@@ -81,6 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not raw:
         parser.error("set $nnUNet_raw or pass --nnunet-raw")
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    first_pass = None
+    if args.first_pass_model is not None:  # checked (one line) before any case is read
+        from ..inference.first_pass import ModelFirstPass
+
+        first_pass = ModelFirstPass.open(args.first_pass_model, args.phases, args.reference,
+                                         args.first_pass_folds, device=args.device)
     settings = RegistrationSettings()
     if args.no_bspline:
         settings = settings.without_bspline()
@@ -90,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       args.reference, args.num_processes, args.overwrite, settings,
                                       montage_fn=None if args.no_montages else registration_montage,
                                       other_roots=nnunet_roots_from_env(),
-                                      allow_failed=args.allow_failed, shard=args.shard)
+                                      allow_failed=args.allow_failed, shard=args.shard, first_pass=first_pass)
     if args.shard is None:
         line = run_summary(target / "diff4mm" / "registration" / "summary.csv")
         if line:

@@ -13,9 +13,12 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 DEFAULT_TRAINER = "Diff4MMTrainer"
 DEFAULT_PLANS = "nnUNetPlans"
@@ -191,3 +194,48 @@ def load_predictor(info: ModelInfo, device: str = "auto", tta: bool = True):
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(info.folder), list(info.folds), info.checkpoint)
     return predictor
+
+
+def model_identity(info: ModelInfo) -> dict:
+    """The model's checkpoints by size and modification time: a retrained model is another model (what a
+    resumed prediction or first pass compares)."""
+    files = {}
+    for f in info.folds:
+        st = os.stat(info.folder / f"fold_{f}" / info.checkpoint)
+        files[f"fold_{f}"] = [st.st_size, st.st_mtime_ns]
+    return {**info.to_json(), "checkpoints": files}
+
+
+class Diff4MMModel:
+    """A checked model folder (:class:`ModelInfo`) and, loaded on first use, nnU-Net's predictor for it."""
+
+    def __init__(self, info: ModelInfo, device: str = "auto", tta: bool = True):
+        self.info = info
+        self.device = device
+        self.tta = tta
+        self._predictor = None
+
+    @classmethod
+    def open(cls, folder, folds=DEFAULT_FOLDS, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto",
+             tta: bool = True, phases=None, reference: str | None = None) -> "Diff4MMModel":
+        return cls(read_model(folder, folds, checkpoint, phases, reference), device, tta)
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            self._predictor = load_predictor(self.info, self.device, self.tta)
+        return self._predictor
+
+    def predict(self, channels: np.ndarray, spacing_xyz: Sequence[float], tta: bool | None = None) -> np.ndarray:
+        """Label array (z, y, x) for ``channels`` (phases in channel order, each (z, y, x) on one grid of
+        spacing ``spacing_xyz``), on the same grid. ``tta``: mirroring on/off for this call (default: the
+        model's setting)."""
+        predictor = self.predictor
+        previous = predictor.use_mirroring
+        predictor.use_mirroring = self.tta if tta is None else (tta and self.tta)
+        try:
+            seg = predictor.predict_single_npy_array(np.ascontiguousarray(channels, dtype=np.float32),
+                                                     {"spacing": [abs(float(s)) for s in spacing_xyz][::-1]})
+        finally:
+            predictor.use_mirroring = previous
+        return np.asarray(seg).astype(np.uint8)

@@ -34,7 +34,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,21 +42,19 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from registration.image_io import write_image_atomic
+from registration.image_io import write_image_atomic, write_json_atomic
 from registration.inputs import InputError, _display, case_input_digests, read_image, validate_case
-from registration.image_io import write_json_atomic
 from registration.nnunet_raw import flag_reasons
 from registration.register import (RegistrationSettings, prepare_fixed, register_phase, resample_to_reference,
                                    single_threaded_itk)
 
 from .case_inputs import PredictionCase, case_from_folder, case_from_phase_files, find_prediction_cases
-from .model import DEFAULT_CHECKPOINT, DEFAULT_FOLDS, ModelInfo, load_predictor, read_model
+from .first_pass import MIN_FIRST_PASS_LIVER_ML, liver_from_model, stack_phases
+from .model import Diff4MMModel, ModelInfo, model_identity
 from .postprocessing import DEFAULT_DILATION_MM, remove_tumors_outside_liver, segmentation_summary, voxel_ml
 
 FORMAT_VERSION = 1
 FIRST_PASS_CHOICES = ("model", "label", "body")
-# Below this, the first pass did not find a liver (an adult liver is 1-2 l; the phantom's ~1.2-1.8 l).
-MIN_FIRST_PASS_LIVER_ML = 100.0
 QA_KEYS = ("similarity", "region_inside_fraction", "displacement_mean_mm", "displacement_max_mm", "metric_initial",
            "metric_final", "initialisation", "moving_mask", "seconds")
 
@@ -95,41 +93,6 @@ class CaseResult:
     registered: dict[str, sitk.Image] | None = None  # the phases as the model saw them (reference grid)
 
 
-class Diff4MMModel:
-    """A checked model folder (:class:`ModelInfo`) and, loaded on first use, nnU-Net's predictor for it."""
-
-    def __init__(self, info: ModelInfo, device: str = "auto", tta: bool = True):
-        self.info = info
-        self.device = device
-        self.tta = tta
-        self._predictor = None
-
-    @classmethod
-    def open(cls, folder, folds=DEFAULT_FOLDS, checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto",
-             tta: bool = True, phases=None, reference: str | None = None) -> "Diff4MMModel":
-        return cls(read_model(folder, folds, checkpoint, phases, reference), device, tta)
-
-    @property
-    def predictor(self):
-        if self._predictor is None:
-            self._predictor = load_predictor(self.info, self.device, self.tta)
-        return self._predictor
-
-    def predict(self, channels: np.ndarray, spacing_xyz: Sequence[float], tta: bool | None = None) -> np.ndarray:
-        """Label array (z, y, x) for ``channels`` (phases in channel order, each (z, y, x) on one grid of
-        spacing ``spacing_xyz``), on the same grid. ``tta``: mirroring on/off for this call (default: the
-        model's setting)."""
-        predictor = self.predictor
-        previous = predictor.use_mirroring
-        predictor.use_mirroring = self.tta if tta is None else (tta and self.tta)
-        try:
-            seg = predictor.predict_single_npy_array(np.ascontiguousarray(channels, dtype=np.float32),
-                                                     {"spacing": [abs(float(s)) for s in spacing_xyz][::-1]})
-        finally:
-            predictor.use_mirroring = previous
-        return np.asarray(seg).astype(np.uint8)
-
-
 # ------------------------------------------------------------------------------------------------- helpers
 
 
@@ -147,20 +110,6 @@ def _as_case(case, info: ModelInfo, fill_missing: bool) -> PredictionCase:
     if isinstance(case, Mapping):
         return case_from_phase_files(case, info.phases, info.reference, fill_missing)
     return case_from_folder(case, info.phases, info.reference, fill_missing)
-
-
-def _stack(images: Mapping[str, sitk.Image], phases: Sequence[str]) -> np.ndarray:
-    return np.stack([sitk.GetArrayFromImage(images[p]) for p in phases]).astype(np.float32)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labelled.ravel())[1:]
-    return labelled == (int(np.argmax(sizes)) + 1)
 
 
 def on_reference_grid(segmentation: np.ndarray | sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -186,18 +135,9 @@ def on_reference_grid(segmentation: np.ndarray | sitk.Image, reference: sitk.Ima
                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _model_identity(info: ModelInfo) -> dict:
-    """The model's checkpoints by size and modification time: a retrained model is another model."""
-    files = {}
-    for f in info.folds:
-        st = os.stat(info.folder / f"fold_{f}" / info.checkpoint)
-        files[f"fold_{f}"] = [st.st_size, st.st_mtime_ns]
-    return {**info.to_json(), "checkpoints": files}
-
-
 def _input_key(inputs: dict, case: PredictionCase, info: ModelInfo, settings: PredictionSettings) -> str:
     made_from = {"format_version": FORMAT_VERSION, "inputs": inputs, "filled": case.filled,
-                 "model": _model_identity(info), "settings": settings.to_json()}
+                 "model": model_identity(info), "settings": settings.to_json()}
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -242,25 +182,7 @@ def _first_pass(case: PredictionCase, images: dict[str, sitk.Image], masks: dict
         mask = sitk.Cast(label > 0, sitk.sitkUInt8)
         return mask, {"source": "label", "mask": "liver", "file": case.files.label.name,
                       "liver_ml": round(_count(mask) * ml, 1)}
-    identity = {p: resample_to_reference(images[p], fixed) for p in images}
-    for missing, source in case.filled.items():
-        identity[missing] = identity[source]
-    seg = model.predict(_stack(identity, info.phases), fixed.GetSpacing(), tta=False)
-    organ = (seg == info.liver_label) | (seg == info.tumor_label)
-    found_ml = float(organ.sum()) * ml
-    largest = _largest_component(organ) if organ.any() else organ
-    liver_ml = float(largest.sum()) * ml
-    record = {"source": "model", "tta": False, "found_ml": round(found_ml, 1), "liver_ml": round(liver_ml, 1),
-              "min_liver_ml": settings.min_first_pass_liver_ml}
-    if liver_ml < settings.min_first_pass_liver_ml:
-        record.update(mask="body", note=f"the model found {liver_ml:.0f} ml of liver on the unregistered phases "
-                                        f"(< {settings.min_first_pass_liver_ml:g} ml): no liver, registered inside "
-                                        "the body mask instead (less accurate)")
-        return None, record
-    out = sitk.GetImageFromArray(largest.astype(np.uint8))
-    out.CopyInformation(fixed)
-    record["mask"] = "liver"
-    return out, record
+    return liver_from_model(model, images, case.filled, settings.min_first_pass_liver_ml)
 
 
 def _count(mask: sitk.Image) -> int:
@@ -348,7 +270,7 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
     step = time.perf_counter()
     fixed = images[info.reference]
     tta = settings.tta and model.tta  # what runs: an opened model's own setting can only switch mirroring off
-    seg = model.predict(_stack(registered, info.phases), fixed.GetSpacing(), tta=tta)
+    seg = model.predict(stack_phases(registered, info.phases), fixed.GetSpacing(), tta=tta)
     segmentation = on_reference_grid(seg, fixed)
     seconds["prediction"] = round(time.perf_counter() - step, 3)
 
