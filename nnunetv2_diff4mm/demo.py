@@ -22,6 +22,7 @@ from .benchmark.common import PRESETS as BENCHMARK_PRESETS
 
 DATASET_ID = 501
 DATASET_NAME = "Diff4MMPhantom"
+PREDICTIONS = "predictions"  # diff4mm_predict's output folder in the demo's output
 
 
 @dataclass
@@ -157,6 +158,35 @@ def _pipeline(run: DemoRun, phantom: str) -> None:
     run.run("benchmark", "benchmark", "-d", dataset, "--phantom", phantom, "-o", str(s.output / "benchmark"),
             "--preset", preset.name, "--fractions", "1.0", "--nsd-tolerance-mm", str(max(s.spacing)),
             "-np", str(s.num_processes))
+    if run.done("benchmark"):
+        return
+    # New patients: arm (c)'s fold-0 model on each held-out case's raw, unregistered phases (diff4mm_predict takes
+    # one case folder; the held-out cases share the phantom folder with the training cases)
+    flags = ["-d", dataset, "-c", preset.configuration, "-f", "0", "-tr", preset.diff4mm_trainer, "-p", preset.plans,
+             "-device", preset.device, "-np", str(s.num_processes), *([] if preset.tta else ["--disable_tta"])]
+    for k in range(s.test_cases):
+        case = f"{phantom}/test_{k:03d}"
+        run.run(f"prediction test_{k:03d}", "predict", "-i", case, "-o", str(s.output / PREDICTIONS), *flags)
+
+
+def prediction_table(phantom: Path, predictions: Path, tolerance_mm: float) -> list[str]:
+    """diff4mm_predict's outputs of the held-out cases against the phantom's truth (on the reference phase's
+    grid, where the prediction is written): liver and tumor Dice, tumors found, the mask the registration used."""
+    from .evaluation.metrics import evaluate_case_files
+
+    lines = ["| case | liver Dice | tumor Dice | tumors found / true | registration mask | seconds |",
+             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for record_file in sorted(predictions.glob("*.json")):
+        case = record_file.stem
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        row = evaluate_case_files(predictions / f"{case}.nii.gz", phantom / "ground_truth" / case / "label.nii.gz",
+                                  tolerance_mm, name=case)
+        lines.append(f"| {case} | {row['liver_dice']:.3f} | {row['tumor_dice']:.3f} | "
+                     f"{row['tumor_tp']} / {row['n_ref_tumors']} | {record['registration']['mask']} "
+                     f"({record['first_pass']['source']}) | {record['seconds']['total']:.0f} |")
+    if len(lines) == 2:
+        raise ValueError(f"{predictions}: no predictions")
+    return lines
 
 
 def _write_report(run: DemoRun) -> Path:
@@ -182,10 +212,20 @@ def _write_report(run: DemoRun) -> Path:
         summary = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", lambda m: f"]({os.path.relpath(bench.parent / m.group(1), out)})",
                          bench.read_text(encoding="utf-8").strip())
         lines += ["## Benchmark against nnU-Net (stage 4)", "", summary, ""]
+    try:
+        table = prediction_table(out / "phantom", out / PREDICTIONS, max(s.spacing))
+    except (OSError, ValueError, KeyError):
+        table = None  # stage not run (stop_after)
+    if table is not None:
+        lines += ["## New patients: diff4mm_predict on the held-out cases", "",
+                  "Arm (c)'s fold-0 model on each held-out case's raw phases (first-pass liver, registration, "
+                  "prediction, post-processing), scored against the phantom's truth on the reference phase's grid.",
+                  "", *table, ""]
     montages = sorted((out / "qa").glob("*.png"))
     montages += sorted((_raw(run) / "diff4mm" / "registration").glob("*/montage.png"))[:2]
     montages += sorted((_raw(run) / "diff4mm" / "normal_fold0" / "qa").glob("*.png"))[:2]
     montages += sorted((out / "synthetic" / "montages").glob("*.png"))[:2]
+    montages += sorted((out / PREDICTIONS).glob("*.png"))
     if montages:
         lines += ["", "## QA montages", ""] + [f"![{p.parent.name}/{p.stem}]({os.path.relpath(p, out)})"
                                              for p in montages]

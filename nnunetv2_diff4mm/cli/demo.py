@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=("cpu", "gpu"), default=d.preset,
                         help="cpu: CPU-sized models and nnU-Net plans, ~30 min on 2 cores (default); gpu: the "
                              "larger model presets and nnU-Net's default plans and trainers")
-    parser.add_argument("--stop-after", choices=("QA montage", "registration", "normal CTs"), default=None,
-                        help="stop after this stage (quick looks); default: run everything")
+    parser.add_argument("--stop-after", choices=("QA montage", "registration", "normal CTs", "benchmark"),
+                        default=None, help="stop after this stage (quick looks); default: run everything")
     parser.add_argument("-np", "--num-processes", type=int, default=d.num_processes, metavar="N",
                         help=f"worker processes (default {d.num_processes})")
     add_common_arguments(parser)
