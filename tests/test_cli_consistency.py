@@ -202,7 +202,7 @@ def test_one_preset_vocabulary_and_old_names_with_a_one_line_notice(command, cap
     old = parser.parse_args([*required, "--preset", "default"]).preset
     assert old == ("gpu" if command == "diff4mm_benchmark" else "cpu")
     err = capsys.readouterr().err.strip()
-    assert f"--preset default is deprecated" in err and f"use --preset {old}" in err and "\n" not in err
+    assert "--preset default is deprecated" in err and f"use --preset {old}" in err and "\n" not in err
     assert "default" not in parser.format_help().split("--preset", 1)[1].split("\n")[0]
 
 

@@ -10,7 +10,7 @@ import torch
 
 from nnunetv2_diff4mm.cli import train_synthesizer as train_cli
 
-from test_synthesis import _write_phantom_dataset
+from registered_phantom import write_registered_phantom
 
 API_MD = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -29,7 +29,7 @@ def test_api_md_synthesizer_and_pipeline_examples_run(tmp_path, monkeypatch):
     try:
         raw = tmp_path / "nnUNet_raw"
         dataset = raw / "Dataset501_Liver"  # the examples' paths, relative to the working directory
-        _write_phantom_dataset(dataset, 1)
+        write_registered_phantom(dataset, 1)
         monkeypatch.setenv("nnUNet_raw", str(raw))
         monkeypatch.setenv("nnUNet_results", str(tmp_path / "nnUNet_results"))
         monkeypatch.delenv("DIFF4MM_BUNDLE", raising=False)

@@ -397,7 +397,7 @@ def test_write_image_atomic_failure_keeps_old_file_and_no_temp(tmp_path: Path) -
 
 
 def test_dicom_folder_digest_covers_every_slice(tmp_path):
-    from registration.inputs import CaseFiles, case_input_digests
+    from registration.inputs import case_input_digests
 
     folder = tmp_path / "case" / "AP"
     folder.mkdir(parents=True)
@@ -415,7 +415,7 @@ def test_dicom_folder_digest_covers_every_slice(tmp_path):
 
 
 def test_digest_of_a_detached_header_covers_its_data_file(tmp_path):
-    from registration.inputs import CaseFiles, case_input_digests
+    from registration.inputs import case_input_digests
 
     case_dir = tmp_path / "case"
     case_dir.mkdir()

@@ -12,50 +12,20 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
 from nnunetv2_diff4mm.cli import inpaint as inpaint_cli
 from nnunetv2_diff4mm.cli import synthesize as synthesize_cli
 from nnunetv2_diff4mm.cli import train_inpainter as train_inpainter_cli
 from nnunetv2_diff4mm.cli import train_synthesizer as train_cli
 from nnunetv2_diff4mm.cli.errors import DEBUG_ENV
-from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case
-from registration.image_io import write_image_atomic
+from nnunetv2_diff4mm.phantom import PHASES
+from registered_phantom import write_registered_phantom
 from synthesis.bundle import BUNDLE_JSON, BundleError, load_bundle
 from synthesis.inpainting import MANIFEST_FILE, InpaintingError, load_inpainter
 
 THREE = ["NC", "AP", "PVP"]
-
-
-def _write_dataset(folder: Path, phases, n_cases: int = 2) -> None:
-    """Phantom aligned phases (the given subset, in PHASES order) as imagesTr + normal CTs (tumor -> liver median)."""
-    for sub in ("imagesTr", "labelsTr", "diff4mm/normal/imagesTr", "diff4mm/normal/labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n_cases):
-        case = generate_case(PhantomConfig(seed=1), "train", i)
-        label = case.ground_truth["label"]
-        lab = sitk.GetArrayFromImage(label)
-        fill = ndimage.binary_dilation(lab == 2)
-        rng = np.random.default_rng(i)
-        for k, phase in enumerate(phases):
-            aligned = case.ground_truth[f"{phase}_aligned"]
-            write_image_atomic(aligned, folder / "imagesTr" / f"{case.name}_{k:04d}.nii.gz")
-            a = sitk.GetArrayFromImage(aligned).astype(np.float32)
-            a[fill] = np.median(a[lab == 1]) + 10 * rng.standard_normal(int(fill.sum()))
-            out = sitk.GetImageFromArray(np.rint(a).astype(np.int16))
-            out.CopyInformation(aligned)
-            write_image_atomic(out, folder / "diff4mm/normal/imagesTr" / f"{case.name}_{k:04d}.nii.gz")
-        write_image_atomic(label, folder / "labelsTr" / f"{case.name}.nii.gz")
-        write_image_atomic(sitk.Cast(label > 0, sitk.sitkUInt8),
-                           folder / "diff4mm/normal/labelsTr" / f"{case.name}.nii.gz")
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(k): "CT" for k in range(len(phases))},
-        "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": n_cases, "file_ending": ".nii.gz",
-        "diff4mm": {"phases": list(phases), "reference": "PVP"}}), encoding="utf-8")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -64,8 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnUNet_raw")
-    _write_dataset(root / "Dataset980_FourPhases", PHASES)
-    _write_dataset(root / "Dataset981_ThreePhases", THREE)
+    write_registered_phantom(root / "Dataset980_FourPhases", 2, PHASES)
+    write_registered_phantom(root / "Dataset981_ThreePhases", 2, THREE)
     return root
 
 

@@ -15,7 +15,7 @@ from synthesis.bundle import BUNDLE_JSON, MODEL_INDEX, BundleError, load_bundle
 from synthesis.models.conditional_unet import MaskConditionedUNet
 from synthesis.models.roi_autoencoder import ROIAutoencoderKL
 from synthesis.pipeline import Synthesizer, TumorSynthesisPipeline, TumorSynthesisPipelineOutput
-from test_synthesis import _write_phantom_dataset
+from registered_phantom import write_registered_phantom
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     raw = tmp_path_factory.mktemp("nnUNet_raw")
-    _write_phantom_dataset(raw / "Dataset990_SynTest", 2)
+    write_registered_phantom(raw / "Dataset990_SynTest", 2)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_raw", str(raw))

@@ -16,40 +16,12 @@ from scipy import ndimage
 
 from nnunetv2_diff4mm.cli import synthesize as synthesize_cli
 from nnunetv2_diff4mm.cli import train_synthesizer as train_cli
-from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case
-from registration.image_io import write_image_atomic
+from nnunetv2_diff4mm.phantom import PHASES
+from registered_phantom import write_registered_phantom
 from synthesis.bundle import BUNDLE_JSON, BundleError, load_bundle, save_bundle
 from synthesis.dataset_io import load_case
 from synthesis.pipeline import Synthesizer
 from synthesis.roi import ROISpec, add_change, blend, extract_roi, feather_weight, roi_box, roi_to_case
-
-
-def _write_phantom_dataset(folder, n_cases, normal=True):
-    """Phantom ground-truth aligned phases as imagesTr; normal CT = tumor voxels -> liver median + noise."""
-    for sub in ("imagesTr", "labelsTr", "diff4mm/normal/imagesTr", "diff4mm/normal/labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for i in range(n_cases):
-        case = generate_case(PhantomConfig(seed=1), "train", i)
-        label = case.ground_truth["label"]
-        lab = sitk.GetArrayFromImage(label)
-        fill = ndimage.binary_dilation(lab == 2)
-        rng = np.random.default_rng(i)
-        for k, phase in enumerate(PHASES):
-            aligned = case.ground_truth[f"{phase}_aligned"]
-            write_image_atomic(aligned, folder / "imagesTr" / f"{case.name}_{k:04d}.nii.gz")
-            if normal:
-                a = sitk.GetArrayFromImage(aligned).astype(np.float32)
-                a[fill] = np.median(a[lab == 1]) + 10 * rng.standard_normal(int(fill.sum()))
-                out = sitk.GetImageFromArray(np.rint(a).astype(np.int16))
-                out.CopyInformation(aligned)
-                write_image_atomic(out, folder / "diff4mm/normal/imagesTr" / f"{case.name}_{k:04d}.nii.gz")
-        write_image_atomic(label, folder / "labelsTr" / f"{case.name}.nii.gz")
-        if normal:
-            write_image_atomic(sitk.Cast(label > 0, sitk.sitkUInt8),
-                               folder / "diff4mm/normal/labelsTr" / f"{case.name}.nii.gz")
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {str(k): "CT" for k in range(4)}, "labels": {"background": 0, "liver": 1, "tumor": 2},
-        "numTraining": n_cases, "file_ending": ".nii.gz", "diff4mm": {"phases": list(PHASES), "reference": "PVP"}}), encoding="utf-8")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -58,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnUNet_raw")
-    _write_phantom_dataset(root / "Dataset990_SynTest", 2)
+    write_registered_phantom(root / "Dataset990_SynTest", 2)
     return root
 
 
@@ -611,7 +583,7 @@ def test_interrupted_training_resumes_to_the_same_weights(raw, tmp_path, monkeyp
     # interrupted after the second UNet epoch's checkpoint was written but before progress.json recorded it (the
     # synthesizer used to overwrite its weights in place first: it then resumed epoch 1's count with epoch 2's
     # weights and trained a third epoch's worth); resumed, the bundle is still the uninterrupted one
-    real_write, writes = training.write_json_atomic, []
+    real_write = training.write_json_atomic
 
     def crash_before_recording_unet_epoch_2(path, data, *args, **kw):
         if Path(path).name == "progress.json" and data.get("unet") == 2:

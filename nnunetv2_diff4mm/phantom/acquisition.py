@@ -7,7 +7,7 @@ from scipy import ndimage
 
 from .anatomy import Anatomy
 from .grid import Grid
-from .tissues import (CAPSULE_OFFSET_HU, NECROSIS_HU, NOISE_HU, PHASES, TUMOR_BASE, TUMOR_BODY, TUMOR_CAPSULE,
+from .tissues import (CAPSULE_OFFSET_HU, NECROSIS_HU, PHASES, TUMOR_BASE, TUMOR_BODY, TUMOR_CAPSULE,
                       TUMOR_NECROSIS, TUMOR_TEXTURE_HU, Tissue, phase_lookup_tables)
 
 HU_MIN, HU_MAX = -1024, 3071

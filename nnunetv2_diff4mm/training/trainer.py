@@ -7,14 +7,12 @@ augmentation, loss and validation. Validation stays real. See docs/trainer.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
