@@ -88,6 +88,11 @@ def test_report_values_equal_hand_computed(tmp_path):
     st = R.paired_statistics(rows + free, C, BM, 1.0, "tumor_dice_tumor_cases")
     assert (st["mean"], st["n"]) == (pytest.approx(0.5), 2)
     assert R.paired_statistics(rows + free, C, BM, 1.0, "tumor_recall_tumor_cases")["n"] == 2
+    # a second fold's models on the same two test cases (differences +0.75 and +0.25 there): each case counts
+    # once, with its mean over the folds (+0.5, +0.5), not as four independent pairs
+    fold1 = [{**r, "fold": 1, "tumor_dice": d} for r, d in zip(rows[:4], (0.25, 0.75, 1.0, 1.0))]
+    st = R.paired_statistics(rows + fold1, C, BM, 1.0, "tumor_dice")
+    assert (st["mean"], st["ci_low"], st["ci_high"], st["n"], st["runs"]) == pytest.approx((0.5, 0.5, 0.5, 2, 4))
     assert "1.000 (2/2) | 2 |" in c_line and "0.500 (1/2) | 2 |" in b_line  # recall of tumors < 20 mm
     # data efficiency, tumor Dice of (b): 0.375 ± 0.177 at fraction 0.5, 0.375 ± 0.530 at fraction 1
     efficiency = text.split("## Data efficiency")[1].split("##")[0]

@@ -140,18 +140,27 @@ def paired_differences(rows, method_x: str, method_y: str, fraction: float) -> d
 
 
 def paired_statistics(rows, method_x: str, method_y: str, fraction: float, metric: str) -> dict:
-    """Mean of the paired (fold, case) differences x − y of one metric with a 95 % bootstrap confidence interval
-    (scipy.stats.bootstrap, percentile method, 10000 resamples of the pairs, fixed seed: runs and test cases are
-    resampled together, not hierarchically) and the two-sided Wilcoxon signed-rank p-value (scipy.stats.wilcoxon;
-    1.0 when every difference is 0). NaN interval and p for fewer than 2 pairs."""
+    """Mean of the paired differences x − y of one metric over the test cases, with a 95 % bootstrap confidence
+    interval (scipy.stats.bootstrap, percentile method, 10000 resamples of the cases, fixed seed) and the two-sided
+    Wilcoxon signed-rank p-value (scipy.stats.wilcoxon; 1.0 when every difference is 0). NaN interval and p for
+    fewer than 2 cases.
+
+    The unit is the test case: a case tested by the models of several folds (the benchmark predicts the same
+    imagesTs with every fold's model) contributes the mean of its per-fold differences, once. Resampling its
+    (fold, case) pairs as if independent would count each test case once per fold and narrow the interval
+    without new patients. ``n`` is the number of cases, ``runs`` the number of (fold, case) pairs."""
     from scipy import stats
 
     xs = {(r["fold"], r["case"]): derived_value(r, metric) for r in select(rows, method_x, fraction)}
     ys = {(r["fold"], r["case"]): derived_value(r, metric) for r in select(rows, method_y, fraction)}
-    d = np.asarray([xs[k] - ys[k] for k in sorted(set(xs) & set(ys))], float)
-    d = d[~np.isnan(d)]
+    per_case: dict[str, list[float]] = {}
+    for key in sorted(set(xs) & set(ys)):
+        diff = xs[key] - ys[key]
+        if not math.isnan(diff):
+            per_case.setdefault(key[1], []).append(diff)
+    d = np.asarray([np.mean(v) for v in per_case.values()], float)
     out = {"mean": float(d.mean()) if d.size else math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "p_wilcoxon": math.nan, "n": int(d.size)}
+           "p_wilcoxon": math.nan, "n": int(d.size), "runs": sum(len(v) for v in per_case.values())}
     if d.size < 2:
         return out
     if np.all(d == d[0]):  # no spread: the bootstrap distribution is that one value
@@ -412,7 +421,9 @@ def summary_markdown(rows, methods: Mapping[str, str], pairs: Sequence[tuple[str
             lines += [f"Paired differences at fraction {f:g} (same test case and fold; mean ± std of the per-case "
                       "difference; for HD95 negative is better):", "", *diff, ""]
             lines += ["With 95 % bootstrap confidence intervals of the mean difference and Wilcoxon signed-rank "
-                      "p-values (where the interval includes 0 the data do not show a difference). \"Cases with a "
+                      "p-values over the test cases (a case predicted by several folds' models counts once, with "
+                      "its mean difference; \"pairs\" counts cases). Where the interval includes 0 the data do "
+                      "not show a difference. \"Cases with a "
                       "tumor\" leaves out the tumor-free test cases, where an empty prediction scores Dice 1: read "
                       "those rows for what an arm does where there is a tumor to find:", "",
                       *statistics_table(rows, f, methods, pairs), ""]
