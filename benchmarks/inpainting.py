@@ -40,7 +40,8 @@ from nnunetv2_diff4mm.phantom.acquisition import ct_noise  # noqa: E402
 from synthesis.inpainting import (CLASSICAL_METHODS, DEFAULT_DILATION_MM, fill_region, get_preset,  # noqa: E402
                                   inpaint_case, load_inpainter, train_inpainter)
 from synthesis.grain import highpass  # noqa: E402
-from synthesis.masks import dilate_mask_mm, random_liver_blob_masks  # noqa: E402
+from registration.masks import dilate_mm  # noqa: E402
+from synthesis.masks import random_liver_blob_masks  # noqa: E402
 
 RADII_MM = (0, 3, 5, 8, 10, 15)
 HOLE_RADIUS_MM = (5.0, 20.0)
@@ -87,7 +88,7 @@ def coverage_table(truths: list[dict]) -> dict:
     counts = {}
     for truth in truths:
         label = truth["label"]
-        dilated = {r: array(dilate_mask_mm(label == 2, r)) > 0 for r in RADII_MM}
+        dilated = {r: array(dilate_mm(label == 2, r)) > 0 for r in RADII_MM}
         for phase in PHASES:
             own = truth[f"{phase}_label"]
             if phase == REFERENCE_PHASE:

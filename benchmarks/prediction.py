@@ -44,7 +44,7 @@ def _on(image: sitk.Image, grid: sitk.Image, nearest: bool = False) -> np.ndarra
 
 def mae(phantom: Path, case: str, registered: dict[str, sitk.Image], reference: str) -> dict[str, tuple[float, float]]:
     """{phase: (unregistered MAE, registered MAE)} in the 10 mm-dilated true liver (HU)."""
-    from registration.register import dilate_mm
+    from registration.masks import dilate_mm
 
     gt = phantom / "ground_truth" / case
     region = dilate_mm(sitk.ReadImage(str(gt / "label.nii.gz")) > 0, LIVER_MARGIN_MM)

@@ -40,9 +40,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 from registration.inputs import find_cases, load_case  # noqa: E402
+from registration.masks import dilate_mm  # noqa: E402
 from registration.register import (  # noqa: E402
     RegistrationSettings,
-    dilate_mm,
     prepare_fixed,
     register_phase,
     resample_to_reference,

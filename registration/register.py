@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .masks import body_mask, dilate_mm
+
 AIR_HU = -1024.0
 INT16_RANGE = (-32768, 32767)
 FINEST = (1, 0.0)  # (shrink, sigma) of the finest pyramid level, from which the coarser ones are made
@@ -299,32 +301,6 @@ def _mask_to_grid(mask: sitk.Image, grid: sitk.Image) -> sitk.Image:
         indicator = sitk.DiscreteGaussian(indicator, variance=variance, maximumKernelWidth=64, useImageSpacing=True)
     out = sitk.Resample(indicator, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.Cast(out > 0.5, sitk.sitkUInt8)
-
-
-def dilate_mm(mask: sitk.Image, radius_mm: float) -> sitk.Image:
-    """Binary dilation by a physical radius (Euclidean distance in mm, so anisotropic spacing is respected)."""
-    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    if radius_mm <= 0:
-        return binary
-    distance = sitk.SignedMaurerDistanceMap(binary, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True, backgroundValue=0)
-    return sitk.Cast(distance <= radius_mm, sitk.sitkUInt8)
-
-
-def body_mask(image: sitk.Image, threshold_hu: float = -500.0) -> sitk.Image:
-    """The patient: voxels above ``threshold_hu``, largest connected component, holes (lungs, bowel gas) filled
-    in each axial slice. UInt8 on ``image``'s grid."""
-    from scipy import ndimage
-
-    above = sitk.Cast(image > threshold_hu, sitk.sitkUInt8)
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(above), sortByObjectSize=True)
-    largest = sitk.GetArrayFromImage(components) == 1
-    in_plane = np.zeros((3, 3, 3), bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    filled = ndimage.binary_fill_holes(largest, structure=in_plane)
-    out = sitk.GetImageFromArray(filled.astype(np.uint8))
-    out.CopyInformation(image)
-    return out
 
 
 def upper_abdomen_region(body: sitk.Image, central_fraction: float) -> sitk.Image:

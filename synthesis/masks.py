@@ -1,4 +1,5 @@
-"""Masks for the normal-CT generator: dilation in millimetres, the body, and random healthy-liver holes.
+"""Masks for the normal-CT generator: random healthy-liver holes (dilation in mm and the body mask are
+registration.masks', shared by every stage).
 
 Everything is defined in physical units (mm) so that a 0.8 mm clinical scan and a 5 mm phantom scan get the same
 margins and hole sizes. Spacing arguments follow ITK's (x, y, z) order, as ``image.GetSpacing()`` returns them;
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -17,54 +17,6 @@ from scipy.spatial.transform import Rotation
 # are lobulated like tumors rather than perfect ellipsoids.
 BLOB_BOUNDARY_NOISE = 0.25
 BLOB_ASPECT_RANGE = (0.7, 1.3)  # per-axis radius factor
-
-
-def _binary(mask: sitk.Image) -> sitk.Image:
-    return sitk.Cast(mask != 0, sitk.sitkUInt8)
-
-
-def dilate_mask_mm(mask: sitk.Image, radius_mm: float, within: sitk.Image | None = None) -> sitk.Image:
-    """Voxels whose centre lies within ``radius_mm`` (Euclidean, in mm) of a non-zero voxel of ``mask``.
-
-    Exact for anisotropic spacing (a signed Maurer distance map in physical units, thresholded), unlike a
-    structuring element in voxels. ``radius_mm = 0`` returns the mask itself. With ``within`` (same grid), the
-    result is restricted to its non-zero voxels (e.g. the body, so that a margin never spills into the air).
-    Returns a uint8 0/1 image on the mask's grid.
-    """
-    if radius_mm < 0:
-        raise ValueError(f"radius_mm must be >= 0, not {radius_mm}")
-    binary = _binary(mask)
-    arr = sitk.GetArrayViewFromImage(binary)
-    if radius_mm == 0 or not arr.any():
-        out = binary
-    else:
-        # insideIsPositive=False: <= 0 inside; outside, the distance in mm from a voxel centre to the nearest
-        # object voxel centre (measured: a single voxel on a 1.5 x 1 x 3 mm grid gives 1.5, 3, ... along x).
-        distance = sitk.SignedMaurerDistanceMap(binary, insideIsPositive=False, squaredDistance=False,
-                                                useImageSpacing=True)
-        out = sitk.Cast(distance <= radius_mm + 1e-4, sitk.sitkUInt8)  # float tolerance
-    if within is not None:
-        out = sitk.And(out, _binary(within))
-    return out
-
-
-def body_mask(ct: sitk.Image, threshold_hu: float = -500.0) -> sitk.Image:
-    """The patient's body: voxels above ``threshold_hu``, largest connected component, holes filled.
-
-    Holes are filled slice by slice (axial) and in 3D, so that lung bases and bowel gas, which open to the
-    image border in 3D through the airways but not within a slice, count as inside. Returns uint8 0/1.
-    """
-    foreground = sitk.Cast(sitk.Cast(ct, sitk.sitkFloat32) > float(threshold_hu), sitk.sitkUInt8)
-    components = sitk.ConnectedComponent(foreground)
-    largest = sitk.RelabelComponent(components, sortByObjectSize=True) == 1
-    filled = sitk.BinaryFillhole(sitk.Cast(largest, sitk.sitkUInt8))
-    arr = sitk.GetArrayFromImage(filled).astype(bool)
-    for z in range(arr.shape[0]):  # per axial slice: gas pockets reach the border only through other slices
-        if arr[z].any():
-            arr[z] = ndimage.binary_fill_holes(arr[z])
-    out = sitk.GetImageFromArray(arr.astype(np.uint8))
-    out.CopyInformation(ct)
-    return out
 
 
 def _distance_inside(mask: np.ndarray, spacing_zyx) -> np.ndarray:

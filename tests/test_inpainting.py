@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from nnunetv2_diff4mm.phantom import PHASES, PhantomConfig, generate_case
 from synthesis.inpainting import (CLASSICAL_METHODS, PRESETS, InpaintingError, fill_region, get_preset,
                                   inpaint_case, load_inpainter, train_inpainter)
-from synthesis.masks import body_mask, dilate_mask_mm, random_liver_blob_masks
+from registration.masks import body_mask, dilate_mm
+from synthesis.masks import random_liver_blob_masks
 from synthesis.models import FFCInpainter
 from synthesis.models.ffc_inpainter import FFC
 
@@ -60,7 +61,7 @@ def test_dilation_is_euclidean_in_mm_on_an_anisotropic_grid():
     arr[centre] = 1
     mask = sitk.GetImageFromArray(arr)
     mask.SetSpacing(spacing)
-    out = _array(dilate_mask_mm(mask, 6.0))
+    out = _array(dilate_mm(mask, 6.0))
     z, y, x = np.indices(arr.shape)
     dist = np.sqrt(((x - 6) * 1.5) ** 2 + ((y - 8) * 1.0) ** 2 + ((z - 5) * 3.0) ** 2)
     np.testing.assert_array_equal(out, (dist <= 6.0).astype(np.uint8))
@@ -71,8 +72,8 @@ def test_dilation_is_euclidean_in_mm_on_an_anisotropic_grid():
     # restricted to a 'within' mask, and r = 0 is the mask itself
     within = sitk.GetImageFromArray((z <= 5).astype(np.uint8))
     within.CopyInformation(mask)
-    assert not _array(dilate_mask_mm(mask, 6.0, within=within))[6:].any()
-    np.testing.assert_array_equal(_array(dilate_mask_mm(mask, 0.0)), arr)
+    assert not _array(dilate_mm(mask, 6.0, within=within))[6:].any()
+    np.testing.assert_array_equal(_array(dilate_mm(mask, 0.0)), arr)
 
 
 def test_body_mask_is_one_filled_component(case):
@@ -191,7 +192,7 @@ def test_resume_continues_to_the_weights_of_an_uninterrupted_run(case, tmp_path)
 def _check_tumor_removed(case, normal, region, liver, dilation_mm):
     phases, label = case
     lab, reg = _array(label), _array(region) > 0
-    np.testing.assert_array_equal(reg, _array(dilate_mask_mm(label == 2, dilation_mm, body_mask(phases["PVP"]))))
+    np.testing.assert_array_equal(reg, _array(dilate_mm(label == 2, dilation_mm, body_mask(phases["PVP"]))))
     np.testing.assert_array_equal(_array(liver), (lab > 0).astype(np.uint8))
     for p in PHASES:
         before, after = _array(phases[p]), _array(normal[p])

@@ -25,12 +25,12 @@ def _on(image: sitk.Image, grid: sitk.Image, nearest: bool = False) -> np.ndarra
 def case_errors(phantom_dir: Path, raw_dir: Path, case: str, phases: list[str], ending: str = ".nii.gz"
                 ) -> dict[str, tuple[float, float]]:
     """{phase: (unregistered MAE, registered MAE)} in HU for one case."""
-    from synthesis.masks import dilate_mask_mm
+    from registration.masks import dilate_mm
 
     gt = Path(phantom_dir) / "ground_truth" / case
     folder = "imagesTr" if (Path(raw_dir) / "imagesTr" / f"{case}_0000{ending}").is_file() else "imagesTs"
     liver = sitk.ReadImage(str(gt / "label.nii.gz")) > 0
-    region = dilate_mask_mm(liver, LIVER_MARGIN_MM)
+    region = dilate_mm(liver, LIVER_MARGIN_MM)
     out = {}
     for k, phase in enumerate(phases):
         registered = sitk.ReadImage(str(Path(raw_dir) / folder / f"{case}_{k:04d}{ending}"))

@@ -42,7 +42,7 @@ def remove_tumors_outside_liver(segmentation: sitk.Image, liver_label: int = 1, 
                                 dilation_mm: float = DEFAULT_DILATION_MM) -> PostprocessingResult:
     """``segmentation`` with every tumor component that does not reach the liver (dilated by ``dilation_mm``)
     set to background; the liver and the kept tumors are unchanged."""
-    from registration.register import dilate_mm
+    from registration.masks import dilate_mm
 
     array = sitk.GetArrayFromImage(segmentation)
     tumor = array == tumor_label

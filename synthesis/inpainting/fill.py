@@ -13,7 +13,7 @@ from scipy import ndimage
 
 
 from ..intensity import denormalize_hu, normalize_hu
-from ..masks import dilate_mask_mm
+from registration.masks import dilate_mm
 from ..grain import restore_grain
 from ..models.ffc_inpainter import FFCInpainter
 from .classical import _fill_classical, _healthy_liver
@@ -28,7 +28,7 @@ from .presets import CLASSICAL_METHODS, DEFAULT_DILATION_MM, LABEL_TUMOR, PRESET
 def tumor_inpaint_region(label: sitk.Image, dilation_mm: float = DEFAULT_DILATION_MM,
                          body: sitk.Image | None = None) -> sitk.Image:
     """The region to inpaint: the tumor (label 2) dilated by ``dilation_mm`` (Euclidean, mm), within ``body``."""
-    return dilate_mask_mm(label == LABEL_TUMOR, dilation_mm, within=body)
+    return dilate_mm(label == LABEL_TUMOR, dilation_mm, within=body)
 
 
 # The learned fill's coarse structure is replaced by the membrane (harmonic) fill's below this scale, its finer

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from registration.image_io import same_grid
 
-from ..masks import body_mask
+from registration.masks import body_mask
 from .presets import CLASSICAL_METHODS, InpaintingError
 
 
