@@ -18,13 +18,13 @@ def one_torch_thread():
 def pytest_addoption(parser):
     parser.addoption("--run-readme-pipeline", action="store_true",
                      help="also run tests/test_readme_pipeline.py: the README's pipeline block on a fresh phantom "
-                          "(~15 min on 2 cores, beyond the suite's budget)")
+                          "(29 min on 2 cores beside a training, beyond the suite's budget)")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-readme-pipeline"):
         return
-    skip = pytest.mark.skip(reason="the README's pipeline block, end to end (~15 min on 2 cores): "
+    skip = pytest.mark.skip(reason="the README's pipeline block, end to end (29 min on 2 cores): "
                                    "bash scripts/test.sh --run-readme-pipeline tests/test_readme_pipeline.py")
     for item in items:
         if "readme_pipeline" in item.keywords:
