@@ -189,6 +189,26 @@ def prediction_table(phantom: Path, predictions: Path, tolerance_mm: float) -> l
     return lines
 
 
+def _predictions_table(run: DemoRun) -> list[str]:
+    out = run.settings.output
+    return ["Arm (c)'s fold-0 model on each held-out case's raw phases (first-pass liver, registration, prediction, "
+            "post-processing), scored against the phantom's truth on the reference phase's grid.", "",
+            *prediction_table(out / "phantom", out / PREDICTIONS, max(run.settings.spacing))]
+
+
+def _sections(run: DemoRun, sections) -> list[str]:
+    """The report sections whose stage ran: (title, table(run) -> lines); a stage not run (stop_after) raises
+    OSError, ValueError or KeyError and its section is left out."""
+    lines: list[str] = []
+    for title, table in sections:
+        try:
+            body = table(run)
+        except (OSError, ValueError, KeyError):
+            continue
+        lines += [f"## {title}", "", *body, ""]
+    return lines
+
+
 def _write_report(run: DemoRun) -> Path:
     s = run.settings
     out = s.output
@@ -199,28 +219,15 @@ def _write_report(run: DemoRun) -> Path:
              "real CT.", "", "## Stages", "", "| stage | command | seconds | result |", "| --- | --- | ---: | --- |"]
     lines += [f"| {st.name} | `{' '.join(st.command)}` | {st.seconds:.1f} | {st.result} |" for st in run.stages]
     lines += ["", f"Total: {sum(st.seconds for st in run.stages) / 60:.1f} min.", ""]
-    sections = [("Registration (stage 1)", _registration_table), ("Normal CTs (stage 2)", _inpainting_table)]
-    for title, table in sections:
-        try:
-            body = table(run)
-        except (OSError, ValueError, KeyError):
-            continue  # stage not run (stop_after)
-        lines += [f"## {title}", "", *body, ""]
+    lines += _sections(run, [("Registration (stage 1)", _registration_table),
+                             ("Normal CTs (stage 2)", _inpainting_table)])
     bench = out / "benchmark" / "summary.md"
     if bench.is_file():
         # the summary's figure links are relative to the benchmark folder: point them there from the report
         summary = re.sub(r"\]\((?![a-z]+:|/)([^)]+)\)", lambda m: f"]({os.path.relpath(bench.parent / m.group(1), out)})",
                          bench.read_text(encoding="utf-8").strip())
         lines += ["## Benchmark against nnU-Net (stage 4)", "", summary, ""]
-    try:
-        table = prediction_table(out / "phantom", out / PREDICTIONS, max(s.spacing))
-    except (OSError, ValueError, KeyError):
-        table = None  # stage not run (stop_after)
-    if table is not None:
-        lines += ["## New patients: diff4mm_predict on the held-out cases", "",
-                  "Arm (c)'s fold-0 model on each held-out case's raw phases (first-pass liver, registration, "
-                  "prediction, post-processing), scored against the phantom's truth on the reference phase's grid.",
-                  "", *table, ""]
+    lines += _sections(run, [("New patients: diff4mm_predict on the held-out cases", _predictions_table)])
     montages = sorted((out / "qa").glob("*.png"))
     montages += sorted((_raw(run) / "diff4mm" / "registration").glob("*/montage.png"))[:2]
     montages += sorted((_raw(run) / "diff4mm" / "normal_fold0" / "qa").glob("*.png"))[:2]

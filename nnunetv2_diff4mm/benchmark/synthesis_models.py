@@ -5,7 +5,8 @@ subset of it). Its inpainter, normal CTs and synthesis bundle are trained with t
 plugin's own commands, into the per-fold folders where Diff4MMTrainer on fold F looks first
 (``nnUNet_results/DATASET/diff4mm/{inpainter,synthesizer}_foldF``, ``nnUNet_raw/DATASET/diff4mm/normal_foldF``).
 So arm (c) never sees a validation case, a test case, or a labelled case withheld from arms (a) and (b) at that
-fraction; the trainer's leak check (training/leakage.py) refuses to start otherwise. Every command resumes, so a re-run of a finished job redoes nothing.
+fraction; the trainer's leak check (training/leakage.py) refuses to start otherwise. Every command resumes, so a
+re-run of a finished job redoes nothing.
 """
 from __future__ import annotations
 
