@@ -307,3 +307,38 @@ def test_register_masks_unlabelled_cases_with_the_first_pass_and_resumes(nnunet_
     assert "patient_01: first-pass liver changed" in out.out and "registered inside the body mask" in out.err
     record = json.loads(qa_file.read_text(encoding="utf-8"))
     assert record["mask"] == "body" and record["first_pass"]["mask"] == "body" and not mask_file.exists()
+
+
+def test_refined_first_pass_registers_again_inside_the_models_liver_and_returns_the_transforms(nnunet_env):
+    from nnunetv2_diff4mm.inference import Diff4MMModel, PredictionSettings, predict_case
+    from nnunetv2_diff4mm.inference.model import find_model_folder
+    from registration.register import RegistrationSettings
+
+    world = nnunet_env
+    rigid = RegistrationSettings().without_bspline()
+    liver = Diff4MMModel.open(find_model_folder(DATASET, LIVER_MODEL, PLANS), ["all"], device="cpu", tta=False)
+    once = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid))
+    refined = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid,
+                                                                             refine_first_pass=1))
+    rounds = refined.record["first_pass"]["refinements"]
+    assert len(rounds) == 1 and rounds[0]["used"] is True and rounds[0]["tta"] is False
+    # "liver everywhere" on the registered phases: the whole reference grid is the refined liver
+    assert rounds[0]["liver_ml"] == pytest.approx(refined.record["liver_volume_ml"], abs=0.06)  # 0.1 ml rounding
+    assert "refinement" in refined.record["seconds"] and "refinements" not in once.record["first_pass"]
+    assert set(refined.transforms) == {"NC", "AP", "DELAY"}
+    assert all(isinstance(t, sitk.Transform) for t in refined.transforms.values())
+    # the returned transform is the one the registered phase was resampled with
+    from registration.register import resample_to_reference
+
+    fixed = sitk.ReadImage(str(world["reference"]))
+    again = resample_to_reference(sitk.ReadImage(str(world["case"] / "AP.nii.gz")), fixed, refined.transforms["AP"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(refined.registered["AP"]))
+
+    # no liver on the unregistered nor on the body-registered phases: one round, not used, the body mask stays
+    nowhere = Diff4MMModel.open(find_model_folder(DATASET, NO_LIVER_MODEL, PLANS), ["all"], device="cpu", tta=False)
+    body = predict_case(world["case"], nowhere, settings=PredictionSettings(tta=False, registration=rigid,
+                                                                            refine_first_pass=2))
+    assert [r["used"] for r in body.record["first_pass"]["refinements"]] == [False]
+    assert body.record["first_pass"]["mask"] == "body" and body.record["registration"]["mask"] == "body"
+    with pytest.raises(ValueError, match="refine_first_pass"):
+        PredictionSettings(refine_first_pass=-1)

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "unregistered phases), label (the case's label.nii.gz: an upper bound for "
                              "evaluation), body (no liver: the body mask). A <REF>_liver.nii.gz in the case folder "
                              "is always used")
+    parser.add_argument("--refine-first-pass", type=int, choices=range(0, 4), default=0, metavar="N",
+                        help="with --first-pass model: N rounds (0-3, default 0) of registering inside the "
+                             "first-pass liver, segmenting the registered phases and using that liver as the new "
+                             "mask, before the final registration (one registration and one prediction more per "
+                             "round)")
     parser.add_argument("--no-bspline", action="store_true",
                         help="register rigid + affine only (faster; as diff4mm_register --no-bspline, use only "
                              "when the model's dataset was registered that way)")
@@ -103,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_bspline:
         registration = registration.without_bspline()
     settings = PredictionSettings(fill_missing_phases=args.fill_missing_phases, first_pass=args.first_pass,
+                                  refine_first_pass=args.refine_first_pass,
                                   postprocessing=not args.no_postprocessing, dilation_mm=args.dilation_mm,
                                   tta=not args.disable_tta, registration=registration,
                                   montage=not args.no_montages)

@@ -46,6 +46,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labelled == (int(np.argmax(sizes)) + 1)
 
 
+def liver_from_segmentation(seg: np.ndarray, fixed: sitk.Image, info, min_liver_ml: float = MIN_FIRST_PASS_LIVER_ML
+                            ) -> tuple[sitk.Image | None, dict[str, Any]]:
+    """(the largest liver + tumor component of a segmentation on ``fixed``'s grid as a mask, or None when it
+    holds less than ``min_liver_ml``; its JSON record). ``info``: the model's :class:`ModelInfo` (labels)."""
+    organ = (seg == info.liver_label) | (seg == info.tumor_label)
+    ml = voxel_ml(fixed)
+    largest = largest_component(organ) if organ.any() else organ
+    liver_ml = float(largest.sum()) * ml
+    record: dict[str, Any] = {"found_ml": round(float(organ.sum()) * ml, 1), "liver_ml": round(liver_ml, 1),
+                              "min_liver_ml": min_liver_ml}
+    if liver_ml < min_liver_ml:
+        return None, record
+    out = sitk.GetImageFromArray(largest.astype(np.uint8))
+    out.CopyInformation(fixed)
+    return out, record
+
+
 def liver_from_model(model: Diff4MMModel, images: Mapping[str, sitk.Image], filled: Mapping[str, str] | None = None,
                      min_liver_ml: float = MIN_FIRST_PASS_LIVER_ML) -> tuple[sitk.Image | None, dict[str, Any]]:
     """(the liver mask on the reference phase's grid, or None when the model found less than ``min_liver_ml``;
@@ -57,21 +74,15 @@ def liver_from_model(model: Diff4MMModel, images: Mapping[str, sitk.Image], fill
     for missing, source in (filled or {}).items():
         identity[missing] = identity[source]
     seg = model.predict(stack_phases(identity, info.phases), fixed.GetSpacing(), tta=False)
-    organ = (seg == info.liver_label) | (seg == info.tumor_label)
-    ml = voxel_ml(fixed)
-    largest = largest_component(organ) if organ.any() else organ
-    liver_ml = float(largest.sum()) * ml
-    record: dict[str, Any] = {"source": "model", "tta": False, "found_ml": round(float(organ.sum()) * ml, 1),
-                              "liver_ml": round(liver_ml, 1), "min_liver_ml": min_liver_ml}
-    if liver_ml < min_liver_ml:
-        record.update(mask="body", note=f"the model found {liver_ml:.0f} ml of liver on the unregistered phases "
-                                        f"(< {min_liver_ml:g} ml): no liver, registered inside the body mask "
-                                        "instead (less accurate)")
+    mask, found = liver_from_segmentation(seg, fixed, info, min_liver_ml)
+    record: dict[str, Any] = {"source": "model", "tta": False, **found}
+    if mask is None:
+        record.update(mask="body", note=f"the model found {found['liver_ml']:.0f} ml of liver on the unregistered "
+                                        f"phases (< {min_liver_ml:g} ml): no liver, registered inside the body "
+                                        "mask instead (less accurate)")
         return None, record
-    out = sitk.GetImageFromArray(largest.astype(np.uint8))
-    out.CopyInformation(fixed)
     record["mask"] = "liver"
-    return out, record
+    return mask, record
 
 
 class ModelFirstPass:

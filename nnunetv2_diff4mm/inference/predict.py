@@ -11,6 +11,9 @@ Per case, in this order (every step's seconds go into the case's JSON):
    this pass only has to find it); its liver + tumor labels, largest component. A liver mask the user gives
    (``<REF>_liver.nii.gz`` in the case folder) is used instead. When the pass finds less than
    ``min_first_pass_liver_ml`` of liver the registration falls back to the body mask, and the JSON says so.
+   With ``refine_first_pass`` = N, the case is then registered inside that liver, the model segments the
+   registered phases (mirroring off) and its liver replaces the first pass, N times, before the final
+   registration (docs/decisions.md, "Inference", has the validation figures that chose the default).
 3. **Registration**, the same liver-focused registration as ``diff4mm_register`` (registration/register.py:
    prepare_fixed + register_phase + resample_to_reference, with ``<PHASE>_liver`` masks where given) inside
    that mask, with the same QA flags (registration/nnunet_raw.py:flag_reasons).
@@ -49,7 +52,7 @@ from registration.register import (RegistrationSettings, prepare_fixed, register
                                    single_threaded_itk)
 
 from .case_inputs import PredictionCase, case_from_folder, case_from_phase_files, find_prediction_cases
-from .first_pass import MIN_FIRST_PASS_LIVER_ML, liver_from_model, stack_phases
+from .first_pass import MIN_FIRST_PASS_LIVER_ML, liver_from_model, liver_from_segmentation, stack_phases
 from .model import Diff4MMModel, ModelInfo, model_identity
 from .postprocessing import DEFAULT_DILATION_MM, remove_tumors_outside_liver, segmentation_summary, voxel_ml
 
@@ -67,6 +70,8 @@ class PredictionSettings:
     first_pass: str = "model"  # "model": the trained model on unregistered phases; "label": the case's label
     #                            (an upper bound for evaluation); "body": no liver, the body mask
     min_first_pass_liver_ml: float = MIN_FIRST_PASS_LIVER_ML
+    refine_first_pass: int = 0  # rounds of: register inside the liver, segment, that liver is the new mask
+    #                             (only for a first pass by the model)
     postprocessing: bool = True
     dilation_mm: float = DEFAULT_DILATION_MM
     tta: bool = True
@@ -76,6 +81,8 @@ class PredictionSettings:
     def __post_init__(self) -> None:
         if self.first_pass not in FIRST_PASS_CHOICES:
             raise ValueError(f"first_pass must be one of {', '.join(FIRST_PASS_CHOICES)}, not {self.first_pass!r}")
+        if self.refine_first_pass < 0:
+            raise ValueError(f"refine_first_pass must be 0 or more, not {self.refine_first_pass}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,6 +98,8 @@ class CaseResult:
     skipped: bool = False
     output: Path | None = None
     registered: dict[str, sitk.Image] | None = None  # the phases as the model saw them (reference grid)
+    transforms: dict[str, sitk.Transform] | None = None  # registered moving phase -> its transform (reference
+    #                                                      point -> moving point, as SimpleITK resamples)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -198,8 +207,9 @@ def _register_worker(job):
 
 def _register(case: PredictionCase, images: dict[str, sitk.Image], masks: dict[str, sitk.Image],
               liver: sitk.Image | None, info: ModelInfo, settings: RegistrationSettings, num_processes: int
-              ) -> tuple[dict[str, sitk.Image], dict]:
-    """The phases registered onto the reference grid (filled phases as copies) and the registration record."""
+              ) -> tuple[dict[str, sitk.Image], dict, dict[str, sitk.Transform]]:
+    """The phases registered onto the reference grid (filled phases as copies), the registration record and
+    each registered moving phase's transform."""
     ref = info.reference
     fixed = images[ref]
     with single_threaded_itk():
@@ -214,7 +224,9 @@ def _register(case: PredictionCase, images: dict[str, sitk.Image], masks: dict[s
     registered = {ref: resample_to_reference(fixed, fixed)}
     record: dict[str, Any] = {"mask": setup.mask_kind, "mask_volume_ml": setup.info.get("mask_volume_ml"),
                               "phases": {ref: {"reference": True}}}
+    transforms = {}
     for phase, (transform, qa) in zip(moving, results):
+        transforms[phase] = transform
         registered[phase] = resample_to_reference(images[phase], fixed, transform)
         record["phases"][phase] = {k: qa[k] for k in QA_KEYS if k in qa}
     for missing, source in case.filled.items():
@@ -222,7 +234,7 @@ def _register(case: PredictionCase, images: dict[str, sitk.Image], masks: dict[s
         record["phases"][missing] = {"filled_from": source}
     record["flagged"] = flag_reasons({"mask": setup.mask_kind, "phases": {
         p: qa for p, qa in record["phases"].items() if "filled_from" not in qa}})
-    return {p: registered[p] for p in info.phases}, record
+    return {p: registered[p] for p in info.phases}, record, transforms
 
 
 # -------------------------------------------------------------------------------------------------- public
@@ -264,8 +276,29 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
     seconds["first_pass"] = first["seconds"] = round(time.perf_counter() - step, 3)
 
     step = time.perf_counter()
-    registered, registration = _register(case, images, masks, liver, info, settings.registration, num_processes)
+    registered, registration, transforms = _register(case, images, masks, liver, info, settings.registration,
+                                                     num_processes)
     seconds["registration"] = round(time.perf_counter() - step, 3)
+
+    if first["source"] == "model" and settings.refine_first_pass:
+        step = time.perf_counter()
+        first["refinements"] = []
+        for _ in range(settings.refine_first_pass):
+            seg = model.predict(stack_phases(registered, info.phases), images[info.reference].GetSpacing(),
+                                tta=False)
+            refined, found = liver_from_segmentation(seg, images[info.reference], info,
+                                                     settings.min_first_pass_liver_ml)
+            first["refinements"].append({"tta": False, **found, "used": refined is not None})
+            if refined is None:  # no liver on the registered phases either: keep what the last round used
+                break
+            liver = refined
+            registered, registration, transforms = _register(case, images, masks, liver, info,
+                                                             settings.registration, num_processes)
+        if first["mask"] == "body" and registration["mask"] == "liver":
+            first["note"] = (f"{first.get('note', 'no liver on the unregistered phases')}; the refinement found the "
+                             "liver on the body-registered phases and the case was registered inside it")
+        first["mask"] = registration["mask"]
+        seconds["refinement"] = round(time.perf_counter() - step, 3)
 
     step = time.perf_counter()
     fixed = images[info.reference]
@@ -310,7 +343,8 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
     record["input_key"] = key
     if paths is not None:
         write_json_atomic(paths["json"], record)  # last: marks the case done
-    return CaseResult(case.name, record, segmentation, False, paths["segmentation"] if paths else None, registered)
+    return CaseResult(case.name, record, segmentation, False, paths["segmentation"] if paths else None, registered,
+                      transforms)
 
 
 def predict_folder(input_dir, output_dir, model, settings: PredictionSettings = PredictionSettings(), *,
