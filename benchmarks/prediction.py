@@ -25,6 +25,7 @@ plans, fold 5 = labelled fraction 0.15 of fold 0):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import json
 import sys
@@ -135,6 +136,8 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=4, help="N cases of the split (default 4)")
     parser.add_argument("--start", type=int, default=0, help="skip the first S held-out cases (default 0)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--outside-fill", choices=("air", "phase"), default="air",
+                        help="what the model sees outside a phase's scan, every mode (default air)")
     parser.add_argument("-o", required=True, type=Path)
     args = parser.parse_args()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -154,7 +157,8 @@ def main() -> int:
             if mode == "label" and not (case_dir / "label.nii.gz").exists():
                 (case_dir / "label.nii.gz").symlink_to((args.phantom / "ground_truth" / case / "label.nii.gz").resolve())
             start = time.perf_counter()
-            result = predict_case(case_dir, model, args.o / mode, SETTINGS[mode], resume=False)
+            settings = dataclasses.replace(SETTINGS[mode], outside_fill=args.outside_fill)
+            result = predict_case(case_dir, model, args.o / mode, settings, resume=False)
             wall = time.perf_counter() - start
             truth = sitk.ReadImage(str(args.phantom / "ground_truth" / case / "label.nii.gz"))
             scores = evaluate_case(result.segmentation, truth, name=case)
@@ -163,6 +167,8 @@ def main() -> int:
             row = {"case": case, "mode": mode, "mask": result.record["registration"]["mask"],
                    "first_pass_liver_ml": result.record["first_pass"].get("liver_ml"),
                    "liver_dice": scores["liver_dice"], "tumor_dice": scores["tumor_dice"],
+                   **{f"outside_{p}": qa.get("outside_scan_fraction")
+                      for p, qa in result.record["registration"]["phases"].items() if p != ref},
                    "seconds": round(wall, 1),
                    **{f"{k}_s": v for k, v in result.record["seconds"].items()}}
             for phase, (raw, reg) in errors.items():

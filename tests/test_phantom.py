@@ -225,3 +225,27 @@ def test_noise_free_ground_truth_is_the_aligned_phase_without_its_ct_noise():
         # the resampling onto it
         expected = NOISE_HU[phase]
         assert (0.95 if phase == "PVP" else 0.6) * expected < residual.std() < 1.05 * expected
+
+
+def test_liver_only_phase_is_a_slab_of_the_same_scan_cutting_the_liver():
+    cut = generate_case(PhantomConfig(seed=0, spacing=COARSE.spacing, liver_only_phases=("AP",),
+                                      liver_only_extent_mm=60.0), "train", 0)
+    full = generate_case(COARSE, "train", 0)
+    for phase in ("NC", "PVP", "DELAY"):  # the other phases: the same random stream, identical scans
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(cut.images[phase]),
+                                      sitk.GetArrayFromImage(full.images[phase]))
+    ap, whole = cut.images["AP"], full.images["AP"]
+    assert ap.GetSize()[:2] == whole.GetSize()[:2] and ap.GetSize()[2] * ap.GetSpacing()[2] <= 60.0 + ap.GetSpacing()[2]
+    start = whole.TransformPhysicalPointToIndex(ap.GetOrigin())  # the slab's voxels are the full scan's
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ap),
+                                  sitk.GetArrayFromImage(whole)[start[2]:start[2] + ap.GetSize()[2]])
+    # part of the liver is outside the slab: air in the aligned ground truth there, and only there
+    liver = sitk.GetArrayFromImage(cut.ground_truth["label"]) > 0
+    air = sitk.GetArrayFromImage(cut.ground_truth["AP_aligned"]) <= -1000
+    assert 0.05 < (air & liver).sum() / liver.sum() < 0.8
+    assert not (sitk.GetArrayFromImage(full.ground_truth["AP_aligned"]) <= -1000)[liver].any()
+    # recorded only when used: a phantom without liver-only phases reads as one made before the option existed
+    assert "liver_only_phases" not in COARSE.to_json()
+    assert PhantomConfig(liver_only_phases=("AP",)).to_json()["liver_only_phases"] == ["AP"]
+    with pytest.raises(ValueError, match="moving phases"):
+        PhantomConfig(liver_only_phases=("PVP",))

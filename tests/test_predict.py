@@ -334,6 +334,23 @@ def test_refined_first_pass_registers_again_inside_the_models_liver_and_returns_
     again = resample_to_reference(sitk.ReadImage(str(world["case"] / "AP.nii.gz")), fixed, refined.transforms["AP"])
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(refined.registered["AP"]))
 
+    # outside a phase's scan: air by default, the nearest phase's registered values with outside_fill="phase"
+    assert once.record["registration"]["outside_fill"] == "air"
+    fractions = {p: qa["outside_scan_fraction"] for p, qa in once.record["registration"]["phases"].items() if p != "PVP"}
+    phase = max(fractions, key=fractions.get)
+    assert fractions[phase] > 0.001  # the phantom's phases differ in length: some of the grid is outside one
+    filled = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid,
+                                                                            outside_fill="phase"))
+    from registration.field_of_view import inside_scan
+
+    outside = sitk.GetArrayFromImage(inside_scan(sitk.ReadImage(str(world["case"] / f"{phase}.nii.gz")), fixed,
+                                                 filled.transforms[phase])) == 0
+    got = sitk.GetArrayFromImage(filled.registered[phase])
+    assert np.all(sitk.GetArrayFromImage(once.registered[phase])[outside] == -1024)
+    assert not np.all(got[outside] == -1024)
+    inner = ~outside
+    np.testing.assert_array_equal(got[inner], sitk.GetArrayFromImage(once.registered[phase])[inner])
+
     # no liver on the unregistered nor on the body-registered phases: one round, not used, the body mask stays
     nowhere = Diff4MMModel.open(find_model_folder(DATASET, NO_LIVER_MODEL, PLANS), ["all"], device="cpu", tta=False)
     body = predict_case(world["case"], nowhere, settings=PredictionSettings(tta=False, registration=rigid,

@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"most tumors per case, 0..{MAX_TUMORS} (default {defaults.max_tumors})")
     parser.add_argument("--max-shift-mm", type=finite_float(0, 50), default=defaults.max_shift_mm,
                         help="largest cranio-caudal breathing shift of a phase (default 15)")
+    parser.add_argument("--liver-only-phases", nargs="+", default=[], metavar="PHASE",
+                        choices=("NC", "AP", "DELAY"),
+                        help="these phases are liver-only scans: they cover only a cranio-caudal slab of "
+                             "--liver-only-extent-mm around the liver, so part of the liver is outside their field "
+                             "of view (default: none, every phase covers the whole body)")
+    parser.add_argument("--liver-only-extent-mm", type=positive_float, default=defaults.liver_only_extent_mm,
+                        metavar="MM", help=f"length of a liver-only scan (default {defaults.liver_only_extent_mm:g}; "
+                                           "the phantom's liver is ~130-170 mm long)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
                         help="cases generated in parallel (default 1)")
     add_common_arguments(parser)
@@ -54,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.spacing) <= 0 or args.max_shift_mm < 0 or args.num_processes < 1:
         parser.error("--spacing must be positive, --max-shift-mm >= 0, -np >= 1")
     config = PhantomConfig(seed=args.seed, spacing=tuple(args.spacing), max_tumors=args.max_tumors,
-                           max_shift_mm=args.max_shift_mm)
+                           max_shift_mm=args.max_shift_mm, liver_only_phases=tuple(args.liver_only_phases),
+                           liver_only_extent_mm=args.liver_only_extent_mm)
     from ..phantom.dataset import write_phantom_dataset
 
     names = write_phantom_dataset(args.output, config, args.cases, args.test_cases, args.num_processes)

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "unregistered phases), label (the case's label.nii.gz: an upper bound for "
                              "evaluation), body (no liver: the body mask). A <REF>_liver.nii.gz in the case folder "
                              "is always used")
+    parser.add_argument("--outside-fill", choices=("air", "phase"), default="air",
+                        help="what the model sees where a phase's scan does not reach the reference grid: air "
+                             "(default, -1024 HU) or phase (the registered values of the nearest phase in "
+                             "acquisition order that covers the voxel, as --fill-missing-phases does for a whole "
+                             "phase); each phase's outside share is in the case's JSON")
     parser.add_argument("--refine-first-pass", type=int, choices=range(0, 4), default=0, metavar="N",
                         help="with --first-pass model: N rounds (0-3, default 0) of registering inside the "
                              "first-pass liver, segmenting the registered phases and using that liver as the new "
@@ -108,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_bspline:
         registration = registration.without_bspline()
     settings = PredictionSettings(fill_missing_phases=args.fill_missing_phases, first_pass=args.first_pass,
-                                  refine_first_pass=args.refine_first_pass,
+                                  refine_first_pass=args.refine_first_pass, outside_fill=args.outside_fill,
                                   postprocessing=not args.no_postprocessing, dilation_mm=args.dilation_mm,
                                   tta=not args.disable_tta, registration=registration,
                                   montage=not args.no_montages)

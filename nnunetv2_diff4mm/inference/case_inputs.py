@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registration.field_of_view import nearest_phases
 from registration.inputs import (IMAGE_EXTENSIONS, LABEL_STEM, LIVER_MASK_SUFFIX, NON_CASE_FOLDERS, CaseFiles,
                                  InputError, _check_phase_options, _find_entry, _missing_phase_message)
 
@@ -35,12 +36,10 @@ class PredictionCase:
 def fill_source(missing: str, phases: Sequence[str], available: Sequence[str]) -> str:
     """The available phase that replaces ``missing``: nearest in ``phases`` (channel = acquisition order), ties
     to the later phase."""
-    order = list(phases)
-    i = order.index(missing)
-    candidates = [p for p in order if p in available and p != missing]
+    candidates = nearest_phases(missing, phases, available)
     if not candidates:
         raise InputError(f"no phase available to fill {missing}")
-    return min(candidates, key=lambda p: (abs(order.index(p) - i), -order.index(p)))
+    return candidates[0]
 
 
 def _resolve_missing(name: str, directory: Path | None, phases: Sequence[str], reference: str,

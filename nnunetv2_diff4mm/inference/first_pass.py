@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from registration.inputs import InputError
+from registration.field_of_view import fill_outside_scans, inside_scan
 from registration.register import resample_to_reference
 
 from .model import DEFAULT_CHECKPOINT, DEFAULT_FOLDS, Diff4MMModel, model_identity
@@ -64,13 +65,17 @@ def liver_from_segmentation(seg: np.ndarray, fixed: sitk.Image, info, min_liver_
 
 
 def liver_from_model(model: Diff4MMModel, images: Mapping[str, sitk.Image], filled: Mapping[str, str] | None = None,
-                     min_liver_ml: float = MIN_FIRST_PASS_LIVER_ML) -> tuple[sitk.Image | None, dict[str, Any]]:
+                     min_liver_ml: float = MIN_FIRST_PASS_LIVER_ML, outside_fill: str = "air"
+                     ) -> tuple[sitk.Image | None, dict[str, Any]]:
     """(the liver mask on the reference phase's grid, or None when the model found less than ``min_liver_ml``;
     its JSON record). ``images``: the case's phases as read, by phase name; ``filled``: {missing phase: the
-    phase whose copy stands in for it}."""
+    phase whose copy stands in for it}; ``outside_fill``: what the network sees outside a phase's scan
+    (registration/field_of_view.py)."""
     info = model.info
     fixed = images[info.reference]
     identity = {p: resample_to_reference(images[p], fixed) for p in images}
+    inside = {p: inside_scan(images[p], fixed) for p in images if p != info.reference}
+    identity, _ = fill_outside_scans(identity, inside, info.phases, info.reference, outside_fill)
     for missing, source in (filled or {}).items():
         identity[missing] = identity[source]
     seg = model.predict(stack_phases(identity, info.phases), fixed.GetSpacing(), tta=False)

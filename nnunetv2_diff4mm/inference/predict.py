@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from registration.field_of_view import OUTSIDE_FILLS, fill_outside_scans, inside_scan
 from registration.image_io import write_image_atomic, write_json_atomic
 from registration.inputs import InputError, _display, case_input_digests, read_image, validate_case
 from registration.nnunet_raw import flag_reasons
@@ -70,6 +71,7 @@ class PredictionSettings:
     first_pass: str = "model"  # "model": the trained model on unregistered phases; "label": the case's label
     #                            (an upper bound for evaluation); "body": no liver, the body mask
     min_first_pass_liver_ml: float = MIN_FIRST_PASS_LIVER_ML
+    outside_fill: str = "air"  # voxels outside a phase's scan: "air" or "phase" (registration/field_of_view.py)
     refine_first_pass: int = 0  # rounds of: register inside the liver, segment, that liver is the new mask
     #                             (only for a first pass by the model)
     postprocessing: bool = True
@@ -81,6 +83,8 @@ class PredictionSettings:
     def __post_init__(self) -> None:
         if self.first_pass not in FIRST_PASS_CHOICES:
             raise ValueError(f"first_pass must be one of {', '.join(FIRST_PASS_CHOICES)}, not {self.first_pass!r}")
+        if self.outside_fill not in OUTSIDE_FILLS:
+            raise ValueError(f"outside_fill must be one of {', '.join(OUTSIDE_FILLS)}, not {self.outside_fill!r}")
         if self.refine_first_pass < 0:
             raise ValueError(f"refine_first_pass must be 0 or more, not {self.refine_first_pass}")
 
@@ -144,9 +148,15 @@ def on_reference_grid(segmentation: np.ndarray | sitk.Image, reference: sitk.Ima
                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
+# Settings added after format 1, with the value that gives what ran before they existed: they key a case only
+# when set otherwise, so a case predicted before them stays done.
+_LATER_SETTINGS = {"outside_fill": "air", "refine_first_pass": 0}
+
+
 def _input_key(inputs: dict, case: PredictionCase, info: ModelInfo, settings: PredictionSettings) -> str:
+    keyed = {k: v for k, v in settings.to_json().items() if _LATER_SETTINGS.get(k, object()) != v}
     made_from = {"format_version": FORMAT_VERSION, "inputs": inputs, "filled": case.filled,
-                 "model": model_identity(info), "settings": settings.to_json()}
+                 "model": model_identity(info), "settings": keyed}
     return hashlib.sha256(json.dumps(made_from, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -191,7 +201,7 @@ def _first_pass(case: PredictionCase, images: dict[str, sitk.Image], masks: dict
         mask = sitk.Cast(label > 0, sitk.sitkUInt8)
         return mask, {"source": "label", "mask": "liver", "file": case.files.label.name,
                       "liver_ml": round(_count(mask) * ml, 1)}
-    return liver_from_model(model, images, case.filled, settings.min_first_pass_liver_ml)
+    return liver_from_model(model, images, case.filled, settings.min_first_pass_liver_ml, settings.outside_fill)
 
 
 def _count(mask: sitk.Image) -> int:
@@ -206,8 +216,8 @@ def _register_worker(job):
 
 
 def _register(case: PredictionCase, images: dict[str, sitk.Image], masks: dict[str, sitk.Image],
-              liver: sitk.Image | None, info: ModelInfo, settings: RegistrationSettings, num_processes: int
-              ) -> tuple[dict[str, sitk.Image], dict, dict[str, sitk.Transform]]:
+              liver: sitk.Image | None, info: ModelInfo, settings: RegistrationSettings, num_processes: int,
+              outside_fill: str = "air") -> tuple[dict[str, sitk.Image], dict, dict[str, sitk.Transform]]:
     """The phases registered onto the reference grid (filled phases as copies), the registration record and
     each registered moving phase's transform."""
     ref = info.reference
@@ -224,11 +234,16 @@ def _register(case: PredictionCase, images: dict[str, sitk.Image], masks: dict[s
     registered = {ref: resample_to_reference(fixed, fixed)}
     record: dict[str, Any] = {"mask": setup.mask_kind, "mask_volume_ml": setup.info.get("mask_volume_ml"),
                               "phases": {ref: {"reference": True}}}
-    transforms = {}
+    transforms, inside = {}, {}
     for phase, (transform, qa) in zip(moving, results):
         transforms[phase] = transform
         registered[phase] = resample_to_reference(images[phase], fixed, transform)
+        inside[phase] = inside_scan(images[phase], fixed, transform)
         record["phases"][phase] = {k: qa[k] for k in QA_KEYS if k in qa}
+    registered, outside = fill_outside_scans(registered, inside, info.phases, ref, outside_fill)
+    for phase in moving:
+        record["phases"][phase]["outside_scan_fraction"] = outside[phase]
+    record["outside_fill"] = outside_fill
     for missing, source in case.filled.items():
         registered[missing] = registered[source]
         record["phases"][missing] = {"filled_from": source}
@@ -277,7 +292,7 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
 
     step = time.perf_counter()
     registered, registration, transforms = _register(case, images, masks, liver, info, settings.registration,
-                                                     num_processes)
+                                                     num_processes, settings.outside_fill)
     seconds["registration"] = round(time.perf_counter() - step, 3)
 
     if first["source"] == "model" and settings.refine_first_pass:
@@ -293,7 +308,8 @@ def predict_case(case, model, output_dir: str | os.PathLike | None = None,
                 break
             liver = refined
             registered, registration, transforms = _register(case, images, masks, liver, info,
-                                                             settings.registration, num_processes)
+                                                             settings.registration, num_processes,
+                                                             settings.outside_fill)
         if first["mask"] == "body" and registration["mask"] == "liver":
             first["note"] = (f"{first.get('note', 'no liver on the unregistered phases')}; the refinement found the "
                              "liver on the body-registered phases and the case was registered inside it")

@@ -18,7 +18,24 @@ class PhantomConfig:
     spacing: tuple[float, float, float] = (3.0, 3.0, 5.0)  # reference (PVP) voxel size, mm (x, y, z)
     max_tumors: int = 5
     max_shift_mm: float = MAX_CRANIOCAUDAL_SHIFT_MM
+    # Liver-only scans: these phases cover only a cranio-caudal slab this long, centred on the liver as that
+    # scan sees it, so that part of the liver lies outside their field of view (a liver-only arterial scan that
+    # misses the dome). The other phases are unchanged: same random stream, the slab is cut from the full scan.
+    liver_only_phases: tuple[str, ...] = ()
+    liver_only_extent_mm: float = 100.0
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.liver_only_phases if p not in PHASES or p == REFERENCE_PHASE]
+        if unknown:
+            raise ValueError(f"liver-only phases must be moving phases ({', '.join(p for p in PHASES if p != REFERENCE_PHASE)}), "
+                             f"not {', '.join(unknown)}")
+        if not self.liver_only_extent_mm > 0:
+            raise ValueError(f"liver-only extent must be > 0 mm, not {self.liver_only_extent_mm}")
 
     def to_json(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self), "spacing": list(self.spacing),
-                "phases": list(PHASES), "reference": REFERENCE_PHASE}
+        data = {"format_version": FORMAT_VERSION, **asdict(self), "spacing": list(self.spacing),
+                "phases": list(PHASES), "reference": REFERENCE_PHASE,
+                "liver_only_phases": list(self.liver_only_phases)}
+        if not self.liver_only_phases:  # a phantom without them reads as one made before they existed
+            del data["liver_only_phases"], data["liver_only_extent_mm"]
+        return data

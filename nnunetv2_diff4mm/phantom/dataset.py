@@ -59,6 +59,17 @@ def _phase_grid(rng, phase: str, spacing) -> Grid:
     return Grid.covering(lower, upper, np.asarray(spacing) * PHASE_SPACING_FACTOR[phase])
 
 
+def _liver_slab(images: tuple[sitk.Image, ...], extent_mm: float) -> tuple[sitk.Image, ...]:
+    """The slices of a scan within ``extent_mm`` cranio-caudally, centred on the liver in that scan (the second
+    image, its label): a liver-only acquisition. Physical positions are kept (slicing, not resampling)."""
+    label = sitk.GetArrayViewFromImage(images[1])
+    slices = np.flatnonzero((label > 0).any(axis=(1, 2)))
+    centre = (slices[0] + slices[-1]) / 2.0
+    half = extent_mm / images[1].GetSpacing()[2] / 2.0
+    z0, z1 = max(int(np.ceil(centre - half)), 0), min(int(np.floor(centre + half)) + 1, label.shape[0])
+    return tuple(image[:, :, z0:z1] for image in images)
+
+
 def generate_case(config: PhantomConfig, split: str, index: int, noise_free: bool = False) -> PhantomCase:
     """Draw and scan one patient in all phases.
 
@@ -92,6 +103,9 @@ def generate_case(config: PhantomConfig, split: str, index: int, noise_free: boo
         clean = acquisition.scan_noise_free(anatomy, hu[phase], grids[phase], to_anatomy)
         images[phase] = acquisition.add_ct_noise(clean, grids[phase], NOISE_HU[phase], rng)
         truth[f"{phase}_label"] = acquisition.label_map(anatomy, grids[phase], to_anatomy)
+        if phase in config.liver_only_phases:
+            images[phase], truth[f"{phase}_label"], clean = _liver_slab(
+                (images[phase], truth[f"{phase}_label"], clean), config.liver_only_extent_mm)
 
         def aligned(image: sitk.Image) -> sitk.Image:
             """What a perfect registration would produce: `image` pulled onto the reference grid."""
