@@ -3,9 +3,9 @@
 For each held-out case (``test_*`` of a phantom, unregistered phases with known motion) and each first-pass
 mode, ``predict_case`` segments the case and this compares with the phantom's truth on the PVP grid:
 
-  model  the trained model on the unregistered phases finds the liver (diff4mm_predict's default)
+  model  the trained model on the unregistered phases finds the liver (diff4mm_predict --refine-first-pass 0)
   refine model, then one refinement round: registered inside that liver, the model's liver on the registered
-         phases is the mask of the final registration (diff4mm_predict --refine-first-pass 1)
+         phases is the mask of the final registration (diff4mm_predict's default, --refine-first-pass 1)
   label  the case's true label as the registration mask (the upper bound)
   body   no liver: the body-mask fallback (what diff4mm_register does for unlabelled cases)
 
@@ -42,7 +42,7 @@ from nnunetv2_diff4mm.inference.model import find_model_folder  # noqa: E402
 from nnunetv2_diff4mm.inference.predict import Diff4MMModel, PredictionSettings, predict_case  # noqa: E402
 
 MODES = ("model", "refine", "label", "body")
-SETTINGS = {"model": PredictionSettings(first_pass="model"),
+SETTINGS = {"model": PredictionSettings(first_pass="model", refine_first_pass=0),
             "refine": PredictionSettings(first_pass="model", refine_first_pass=1),
             "label": PredictionSettings(first_pass="label"), "body": PredictionSettings(first_pass="body")}
 LIVER_MARGIN_MM = 10.0
@@ -105,14 +105,15 @@ def split_cases(phantom: Path, split: str, dataset: str, folds) -> list[str]:
                   if p.is_dir() and (p / "label.nii.gz").is_file() and p.name not in trained)
 
 
-def paired_lines(rows: list[dict], modes) -> list[str]:
+def paired_lines(rows: list[dict], modes, pairs=None) -> list[str]:
     """Markdown: paired differences between modes per case, 95 % bootstrap CI and Wilcoxon p
     (evaluation/report.py's paired_statistics, the case as unit)."""
     from nnunetv2_diff4mm.evaluation.report import paired_statistics
 
     table = [{"method": r["mode"], "fraction": 1.0, "fold": 0, **r} for r in rows]
-    pairs = [(x, y) for x, y in (("refine", "model"), ("model", "label"), ("refine", "label"), ("model", "body"))
-             if x in modes and y in modes]
+    if pairs is None:
+        pairs = (("refine", "model"), ("model", "label"), ("refine", "label"), ("model", "body"))
+    pairs = [(x, y) for x, y in pairs if x in modes and y in modes]
     out = ["| difference | metric | mean | 95 % CI | Wilcoxon p | cases |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for x, y in pairs:
         for metric in ("liver_dice", "tumor_dice"):
@@ -122,8 +123,31 @@ def paired_lines(rows: list[dict], modes) -> list[str]:
     return out
 
 
+def compare_runs(runs: list[str]) -> str:
+    """Paired differences between runs of this benchmark on the same cases (e.g. --outside-fill air vs phase,
+    or one phantom cut and uncut): ``TAG=OUTPUT_DIR`` each, every mode they share, first run minus the others."""
+    rows, tags = [], []
+    for run in runs:
+        tag, _, folder = run.partition("=")
+        if not folder:
+            raise SystemExit(f"--compare {run!r}: write TAG=OUTPUT_DIR")
+        tags.append(tag)
+        with open(Path(folder) / "per_case.csv", newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                rows.append({"case": r["case"], "mode": f"{r['mode']}@{tag}",
+                             **{k: float(r[k]) for k in ("liver_dice", "tumor_dice")}})
+    modes = {r["mode"] for r in rows}
+    pairs = [(f"{m}@{tags[0]}", f"{m}@{t}") for t in tags[1:] for m in sorted({r["mode"].split("@")[0] for r in rows})]
+    return "\n".join(paired_lines(rows, modes, pairs)) + "\n"
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if sys.argv[1:2] == ["--compare"]:
+        print(compare_runs(sys.argv[2:]), end="")
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="python benchmarks/prediction.py --compare TAG=OUTPUT_DIR TAG=OUTPUT_DIR "
+                                            "...: paired differences between finished runs on the same cases")
     parser.add_argument("--phantom", required=True, type=Path)
     parser.add_argument("-d", required=True)
     parser.add_argument("-tr", default="Diff4MMTrainer")

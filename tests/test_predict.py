@@ -185,7 +185,7 @@ def test_prediction_on_the_reference_files_grid_with_json_montage_and_resume(nnu
     predictor.predict_single_npy_array = record_mirroring
     predict_folder(world["input"], tmp_path / "no_tta", mirrored, settings, progress=False)
     record = json.loads((tmp_path / "no_tta" / "patient_01.json").read_text(encoding="utf-8"))
-    assert record["tta"] is False and seen == [False, False]  # first pass and final prediction
+    assert record["tta"] is False and seen == [False, False, False]  # first pass, refinement, final prediction
 
 
 def test_missing_phase_fails_in_one_line_and_is_filled_on_request(nnunet_env, tmp_path, capsys):
@@ -317,9 +317,10 @@ def test_refined_first_pass_registers_again_inside_the_models_liver_and_returns_
     world = nnunet_env
     rigid = RegistrationSettings().without_bspline()
     liver = Diff4MMModel.open(find_model_folder(DATASET, LIVER_MODEL, PLANS), ["all"], device="cpu", tta=False)
-    once = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid))
-    refined = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid,
-                                                                             refine_first_pass=1))
+    once = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid,
+                                                                          refine_first_pass=0, outside_fill="air"))
+    refined = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid))
+    assert PredictionSettings().refine_first_pass == 1  # the default, chosen on validation cases
     rounds = refined.record["first_pass"]["refinements"]
     assert len(rounds) == 1 and rounds[0]["used"] is True and rounds[0]["tta"] is False
     # "liver everywhere" on the registered phases: the whole reference grid is the refined liver
@@ -327,20 +328,21 @@ def test_refined_first_pass_registers_again_inside_the_models_liver_and_returns_
     assert "refinement" in refined.record["seconds"] and "refinements" not in once.record["first_pass"]
     assert set(refined.transforms) == {"NC", "AP", "DELAY"}
     assert all(isinstance(t, sitk.Transform) for t in refined.transforms.values())
-    # the returned transform is the one the registered phase was resampled with
+    # the returned transform is the one the registered phase was resampled with (air outside its scan)
     from registration.register import resample_to_reference
 
     fixed = sitk.ReadImage(str(world["reference"]))
-    again = resample_to_reference(sitk.ReadImage(str(world["case"] / "AP.nii.gz")), fixed, refined.transforms["AP"])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(refined.registered["AP"]))
+    again = resample_to_reference(sitk.ReadImage(str(world["case"] / "AP.nii.gz")), fixed, once.transforms["AP"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(once.registered["AP"]))
 
-    # outside a phase's scan: air by default, the nearest phase's registered values with outside_fill="phase"
+    # outside a phase's scan: air, or the nearest phase's registered values with outside_fill="phase" (default)
     assert once.record["registration"]["outside_fill"] == "air"
+    assert refined.record["registration"]["outside_fill"] == "phase"
     fractions = {p: qa["outside_scan_fraction"] for p, qa in once.record["registration"]["phases"].items() if p != "PVP"}
     phase = max(fractions, key=fractions.get)
     assert fractions[phase] > 0.001  # the phantom's phases differ in length: some of the grid is outside one
     filled = predict_case(world["case"], liver, settings=PredictionSettings(tta=False, registration=rigid,
-                                                                            outside_fill="phase"))
+                                                                            refine_first_pass=0, outside_fill="phase"))
     from registration.field_of_view import inside_scan
 
     outside = sitk.GetArrayFromImage(inside_scan(sitk.ReadImage(str(world["case"] / f"{phase}.nii.gz")), fixed,

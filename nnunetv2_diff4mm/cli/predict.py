@@ -67,16 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "unregistered phases), label (the case's label.nii.gz: an upper bound for "
                              "evaluation), body (no liver: the body mask). A <REF>_liver.nii.gz in the case folder "
                              "is always used")
-    parser.add_argument("--outside-fill", choices=("air", "phase"), default="air",
-                        help="what the model sees where a phase's scan does not reach the reference grid: air "
-                             "(default, -1024 HU) or phase (the registered values of the nearest phase in "
-                             "acquisition order that covers the voxel, as --fill-missing-phases does for a whole "
-                             "phase); each phase's outside share is in the case's JSON")
-    parser.add_argument("--refine-first-pass", type=int, choices=range(0, 4), default=0, metavar="N",
-                        help="with --first-pass model: N rounds (0-3, default 0) of registering inside the "
+    parser.add_argument("--outside-fill", choices=("air", "phase"), default="phase",
+                        help="what the model sees where a phase's scan does not reach the reference grid: phase "
+                             "(default: the registered values of the nearest phase in acquisition order that "
+                             "covers the voxel, as --fill-missing-phases does for a whole phase) or air (-1024 HU, "
+                             "as diff4mm_register writes); each phase's outside share is in the case's JSON")
+    parser.add_argument("--refine-first-pass", type=int, choices=range(0, 4), default=1, metavar="N",
+                        help="with --first-pass model: N rounds (0-3, default 1) of registering inside the "
                              "first-pass liver, segmenting the registered phases and using that liver as the new "
                              "mask, before the final registration (one registration and one prediction more per "
-                             "round)")
+                             "round; 0 is ~40 %% faster, slightly worse on the phantom's validation cases)")
     parser.add_argument("--no-bspline", action="store_true",
                         help="register rigid + affine only (faster; as diff4mm_register --no-bspline, use only "
                              "when the model's dataset was registered that way)")

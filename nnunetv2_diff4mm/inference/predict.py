@@ -71,9 +71,10 @@ class PredictionSettings:
     first_pass: str = "model"  # "model": the trained model on unregistered phases; "label": the case's label
     #                            (an upper bound for evaluation); "body": no liver, the body mask
     min_first_pass_liver_ml: float = MIN_FIRST_PASS_LIVER_ML
-    outside_fill: str = "air"  # voxels outside a phase's scan: "air" or "phase" (registration/field_of_view.py)
-    refine_first_pass: int = 0  # rounds of: register inside the liver, segment, that liver is the new mask
-    #                             (only for a first pass by the model)
+    outside_fill: str = "phase"  # voxels outside a phase's scan: "phase" (the nearest covering phase's values,
+    #                              chosen on validation cases) or "air" (registration/field_of_view.py)
+    refine_first_pass: int = 1  # rounds of: register inside the liver, segment, that liver is the new mask
+    #                             (only for a first pass by the model; 1 chosen on validation cases)
     postprocessing: bool = True
     dilation_mm: float = DEFAULT_DILATION_MM
     tta: bool = True
