@@ -249,3 +249,25 @@ def test_liver_only_phase_is_a_slab_of_the_same_scan_cutting_the_liver():
     assert PhantomConfig(liver_only_phases=("AP",)).to_json()["liver_only_phases"] == ["AP"]
     with pytest.raises(ValueError, match="moving phases"):
         PhantomConfig(liver_only_phases=("PVP",))
+
+
+def test_local_deformation_adds_organ_part_scale_motion_and_leaves_the_rest_unchanged():
+    local = generate_case(PhantomConfig(seed=0, spacing=COARSE.spacing, local_deformation_mm=3.0,
+                                        local_deformation_scale_mm=15.0), "train", 0)
+    plain = generate_case(COARSE, "train", 0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(local.images["PVP"]), sitk.GetArrayFromImage(plain.images["PVP"]))
+    assert local.info["tumors"] == plain.info["tumors"] and local.info["motion"] == plain.info["motion"]
+    label = plain.ground_truth["label"]
+    liver = sitk.GetArrayFromImage(label) > 0
+
+    def on_label_grid(field):  # the true displacement lives on the motion field's own 6 mm grid
+        return sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(field, sitk.sitkVectorFloat64), label))
+
+    extra = (on_label_grid(local.ground_truth["AP_displacement"])
+             - on_label_grid(plain.ground_truth["AP_displacement"]))[liver]
+    # 3 mm std per axis in the abdominal cavity: a few mm of extra motion across the liver, varying within it
+    length = np.linalg.norm(extra, axis=1)
+    assert 1.5 < float(np.sqrt((extra ** 2).sum(axis=1).mean() / 3)) < 6.0 and length.max() - length.min() > 3.0
+    assert "local_deformation_mm" not in COARSE.to_json()
+    with pytest.raises(ValueError, match="local deformation"):
+        PhantomConfig(local_deformation_mm=3.0, local_deformation_scale_mm=2.0)

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--liver-only-extent-mm", type=positive_float, default=defaults.liver_only_extent_mm,
                         metavar="MM", help=f"length of a liver-only scan (default {defaults.liver_only_extent_mm:g}; "
                                            "the phantom's liver is ~130-170 mm long)")
+    parser.add_argument("--local-deformation-mm", type=finite_float(0, 10), default=defaults.local_deformation_mm,
+                        metavar="MM", help="std of an extra deformation at organ-part scale in every moving phase "
+                                           "(default 0: none; e.g. 3)")
+    parser.add_argument("--local-deformation-scale-mm", type=finite_float(6, 100),
+                        default=defaults.local_deformation_scale_mm, metavar="MM",
+                        help=f"its correlation length (default {defaults.local_deformation_scale_mm:g}; 10-30 mm is "
+                             "the scale of liver segments)")
     parser.add_argument("-np", "--num-processes", type=int, default=1, metavar="N",
                         help="cases generated in parallel (default 1)")
     add_common_arguments(parser)
@@ -63,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--spacing must be positive, --max-shift-mm >= 0, -np >= 1")
     config = PhantomConfig(seed=args.seed, spacing=tuple(args.spacing), max_tumors=args.max_tumors,
                            max_shift_mm=args.max_shift_mm, liver_only_phases=tuple(args.liver_only_phases),
-                           liver_only_extent_mm=args.liver_only_extent_mm)
+                           liver_only_extent_mm=args.liver_only_extent_mm,
+                           local_deformation_mm=args.local_deformation_mm,
+                           local_deformation_scale_mm=args.local_deformation_scale_mm)
     from ..phantom.dataset import write_phantom_dataset
 
     names = write_phantom_dataset(args.output, config, args.cases, args.test_cases, args.num_processes)

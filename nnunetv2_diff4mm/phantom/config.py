@@ -23,12 +23,19 @@ class PhantomConfig:
     # misses the dome). The other phases are unchanged: same random stream, the slab is cut from the full scan.
     liver_only_phases: tuple[str, ...] = ()
     liver_only_extent_mm: float = 100.0
+    # Deformation at organ-part scale (issue #20), added to the 30 mm-scale wobble of every moving phase: std (mm)
+    # and correlation length (mm). Drawn from its own random stream: with 0 the phantom is the one made before.
+    local_deformation_mm: float = 0.0
+    local_deformation_scale_mm: float = 15.0
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.liver_only_phases if p not in PHASES or p == REFERENCE_PHASE]
         if unknown:
             raise ValueError(f"liver-only phases must be moving phases ({', '.join(p for p in PHASES if p != REFERENCE_PHASE)}), "
                              f"not {', '.join(unknown)}")
+        if not (0 <= self.local_deformation_mm <= 10 and 6 <= self.local_deformation_scale_mm <= 100):
+            raise ValueError("local deformation: std 0-10 mm and correlation length 6-100 mm (the motion field's "
+                             f"grid is 6 mm), not {self.local_deformation_mm} and {self.local_deformation_scale_mm}")
         if not self.liver_only_extent_mm > 0:
             raise ValueError(f"liver-only extent must be > 0 mm, not {self.liver_only_extent_mm}")
 
@@ -38,4 +45,6 @@ class PhantomConfig:
                 "liver_only_phases": list(self.liver_only_phases)}
         if not self.liver_only_phases:  # a phantom without them reads as one made before they existed
             del data["liver_only_phases"], data["liver_only_extent_mm"]
+        if not self.local_deformation_mm:
+            del data["local_deformation_mm"], data["local_deformation_scale_mm"]
         return data

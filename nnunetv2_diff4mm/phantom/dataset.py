@@ -95,7 +95,12 @@ def generate_case(config: PhantomConfig, split: str, index: int, noise_free: boo
             to_anatomy = to_scanner = sitk.Transform()
         else:
             params = motion.sample_motion(rng, anatomy.liver_center_mm, config.max_shift_mm)
-            field = motion.displacement_field(rng, params, anatomy.body, field_grid)
+            local = None
+            if config.local_deformation_mm:  # its own stream: the rest of the case stays as without it
+                local_rng = np.random.default_rng(np.random.SeedSequence(
+                    [config.seed, list(SPLITS).index(split), index, 1 + PHASES.index(phase)]))
+                local = (local_rng, config.local_deformation_mm, config.local_deformation_scale_mm)
+            field = motion.displacement_field(rng, params, anatomy.body, field_grid, local)
             inverse = motion.invert(field)
             truth[f"{phase}_displacement"] = sitk.Cast(inverse, sitk.sitkVectorFloat32)
             to_anatomy, to_scanner = motion.as_transform(field), motion.as_transform(inverse)

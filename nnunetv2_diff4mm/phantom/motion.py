@@ -60,15 +60,20 @@ def mobile_weight(body: BodyShape, grid: Grid) -> np.ndarray:
     return (weight * np.broadcast_to(ramp, grid.shape)).astype(np.float32)
 
 
-def displacement_field(rng: np.random.Generator, motion: PhaseMotion, body: BodyShape, field_grid: Grid
-                       ) -> sitk.Image:
-    """Vector image u on field_grid such that scanner point s shows the anatomy at s + u(s)."""
+def displacement_field(rng: np.random.Generator, motion: PhaseMotion, body: BodyShape, field_grid: Grid,
+                       local: tuple[np.random.Generator, float, float] | None = None) -> sitk.Image:
+    """Vector image u on field_grid such that scanner point s shows the anatomy at s + u(s). ``local``: (its own
+    random stream, std in mm, correlation length in mm) of a deformation at organ-part scale added to the
+    30 mm wobble (e.g. 2-4 mm at 10-30 mm: segments of the liver moving against each other)."""
     Z, Y, X = field_grid.axes()
     points = np.stack(np.broadcast_arrays(X, Y, Z), axis=-1).astype(np.float64)  # (z, y, x, 3) as (x, y, z)
     centre = np.asarray(motion.rotation_center_mm)
     rot = Rotation.from_euler("xyz", motion.rotation_deg, degrees=True).as_matrix()
     organ = (points - centre) @ (rot - np.eye(3)).T + np.asarray(motion.organ_shift_mm)
     wobble = smooth_noise(rng, field_grid, 30.0, components=3) * motion.deformation_std_mm
+    if local is not None:
+        local_rng, std_mm, scale_mm = local
+        wobble = wobble + smooth_noise(local_rng, field_grid, scale_mm, components=3) * std_mm
     weight = mobile_weight(body, field_grid)[..., None]
     u = np.asarray(motion.table_shift_mm) + weight * (organ + wobble)
     return field_grid.to_image(u.astype(np.float64))
