@@ -16,7 +16,9 @@ Per case, in this order (every step's seconds go into the case's JSON):
    registration (docs/decisions.md, "Inference", has the validation figures that chose the default).
 3. **Registration**, the same liver-focused registration as ``diff4mm_register`` (registration/register.py:
    prepare_fixed + register_phase + resample_to_reference, with ``<PHASE>_liver`` masks where given) inside
-   that mask, with the same QA flags (registration/nnunet_raw.py:flag_reasons).
+   that mask, with the same QA flags (registration/nnunet_raw.py:flag_reasons). Where a phase's scan does not
+   reach the reference grid the network sees, by default, the nearest covering phase's registered values
+   (``outside_fill``, registration/field_of_view.py); each phase's outside share goes into the JSON.
 4. **Prediction** with nnU-Net's own ``nnUNetPredictor`` (the model's own plans and configuration, every
    requested fold averaged, mirroring TTA as the checkpoint allows unless ``tta=False``) on the registered
    phases, which lie on the reference phase's grid.
