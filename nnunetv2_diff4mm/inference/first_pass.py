@@ -74,8 +74,9 @@ def liver_from_model(model: Diff4MMModel, images: Mapping[str, sitk.Image], fill
     info = model.info
     fixed = images[info.reference]
     identity = {p: resample_to_reference(images[p], fixed) for p in images}
-    inside = {p: inside_scan(images[p], fixed) for p in images if p != info.reference}
-    identity, _ = fill_outside_scans(identity, inside, info.phases, info.reference, outside_fill)
+    if outside_fill != "air":  # air is what resampling left there: no field-of-view masks to compute
+        inside = {p: inside_scan(images[p], fixed) for p in images if p != info.reference}
+        identity, _ = fill_outside_scans(identity, inside, info.phases, info.reference, outside_fill)
     for missing, source in (filled or {}).items():
         identity[missing] = identity[source]
     seg = model.predict(stack_phases(identity, info.phases), fixed.GetSpacing(), tta=False)
